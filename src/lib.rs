@@ -1,0 +1,14 @@
+//! aa-policyd: confines AI agents on Linux with eBPF and lets operators change
+//! the rules live.
+//!
+//! The data flow, one module per arrow (see `ARCHITECTURE.md`):
+//! policy YAML → [`policy`] → [`lower`] → [`ruleset::RuleSet`] → [`delta::diff`]
+//! against the rules in force → [`guard`] → the loader applies the ops.
+//! Everything in this crate up to the loader is pure: values in, values out.
+
+pub mod delta;
+pub mod guard;
+pub mod lower;
+pub mod policy;
+pub mod report;
+pub mod ruleset;

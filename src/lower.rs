@@ -1,0 +1,332 @@
+//! Lowering: `Policy` → `RuleSet`, plus an honest list of what the kernel
+//! will not enforce and why.
+//!
+//! Why this exists: the policy says what an operator means; the kernel can
+//! only match syscall numbers, path prefixes and IP networks. This module is
+//! the one place that decides how the first maps onto the second, so that
+//! `check`, `diff`, the daemon and the loader all agree on it.
+//!
+//! Invariants:
+//! - Canonical output: reordering, reformatting or repeating entries yields
+//!   an identical `RuleSet`; a prefix or network already covered by a wider
+//!   rule of the same kind is pruned, and an allow shadowed by a deny is
+//!   dropped (deny wins) and reported.
+//! - Absent stays absent: a missing section lowers to "unrestricted", a
+//!   present-but-empty one to "deny all".
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::policy::{Capability, NetworkEntry, Policy, SyscallToken};
+use crate::ruleset::{
+    Access, Arch, EgressMode, EgressRule, EgressRules, PathPrefix, PathRuleKey, PathRules,
+    Restriction, RuleSet, SyscallRule, SyscallSet, Verdict,
+};
+
+/// Paths nobody confined should write to when the policy denies
+/// `file_write` or `file_delete`.
+pub const WRITE_DENY_FLOOR: [&str; 3] = ["/etc", "/root/.ssh", "/var/run/secrets"];
+
+/// Syscalls that step around path or syscall rules; `check` warns when a
+/// policy allows one (see the design note, "File paths").
+pub const BYPASS_SYSCALLS: [&str; 6] = [
+    "io_uring_setup",
+    "open_by_handle_at",
+    "mount",
+    "unshare",
+    "setns",
+    "pivot_root",
+];
+
+/// One thing in the policy that the kernel does not enforce.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NotLowered {
+    /// Key path and, for list items, the item: `network.allowlist: api.example.com`.
+    pub what: String,
+    pub why: String,
+}
+
+/// The result of lowering: the kernel rules and everything else worth saying.
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    pub arch: Arch,
+    pub rules: RuleSet,
+    pub not_lowered: Vec<NotLowered>,
+    pub warnings: Vec<String>,
+}
+
+/// Lowers `policy` for the syscall table of `arch`.
+pub fn lower(policy: &Policy, arch: Arch) -> Lowered {
+    let mut not_lowered = Vec::new();
+    let spec = &policy.spec;
+
+    let syscalls = match &spec.syscalls {
+        None => SyscallRule::Unrestricted,
+        Some(section) => SyscallRule::Allow(lower_syscalls(&section.allow, arch, &mut not_lowered)),
+    };
+
+    let write_floor = spec
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.deny.as_ref())
+        .is_some_and(|deny| deny.iter().any(Capability::implies_write_floor));
+    let paths = lower_paths(policy, write_floor, &mut not_lowered);
+
+    let egress = match &spec.network {
+        None => EgressRules::default(),
+        Some(section) => lower_egress(&section.allowlist, &mut not_lowered),
+    };
+
+    report_gateway_sections(policy, &mut not_lowered);
+    let rules = RuleSet {
+        mode: policy.mode(),
+        syscalls,
+        paths,
+        egress,
+    };
+    let warnings = warnings_for(&rules, arch);
+    Lowered {
+        arch,
+        rules,
+        not_lowered,
+        warnings,
+    }
+}
+
+fn lower_syscalls(
+    tokens: &[SyscallToken],
+    arch: Arch,
+    not_lowered: &mut Vec<NotLowered>,
+) -> SyscallSet {
+    let mut set = SyscallSet::empty(arch);
+    let mut missing = BTreeSet::new();
+    for token in tokens {
+        for name in token.names() {
+            match arch.syscall_number(name) {
+                Some(number) => set.insert(number),
+                // A group spans both architectures; only a name the author
+                // wrote out is worth reporting.
+                None if matches!(token, SyscallToken::Name(_)) => {
+                    missing.insert(name.to_owned());
+                }
+                None => {}
+            }
+        }
+    }
+    not_lowered.extend(missing.into_iter().map(|name| NotLowered {
+        what: format!("syscalls.allow: {name}"),
+        why: format!("no such syscall on {arch}"),
+    }));
+    set
+}
+
+fn lower_paths(policy: &Policy, write_floor: bool, not_lowered: &mut Vec<NotLowered>) -> PathRules {
+    let fs = policy.spec.filesystem.as_ref();
+    let deny: BTreeSet<PathPrefix> = fs
+        .and_then(|f| f.deny.as_ref())
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let floor: BTreeSet<PathPrefix> = if write_floor {
+        WRITE_DENY_FLOOR
+            .iter()
+            .filter_map(|p| PathPrefix::parse(p).ok())
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+
+    let mut paths = PathRules::default();
+    for access in Access::ALL {
+        let section = fs.and_then(|f| match access {
+            Access::Read => f.read.as_ref(),
+            Access::Write => f.write.as_ref(),
+        });
+        let restriction = if section.is_some() {
+            Restriction::Allowlist
+        } else {
+            Restriction::Unrestricted
+        };
+        paths.set_restriction(access, restriction);
+
+        let mut denied = deny.clone();
+        if access == Access::Write {
+            denied.extend(floor.iter().cloned());
+        }
+        let denied = outermost(&denied);
+        let allowed: BTreeSet<PathPrefix> = section
+            .map(|s| s.allow.iter().cloned().collect())
+            .unwrap_or_default();
+        for prefix in outermost(&allowed) {
+            match covering(&prefix, &denied) {
+                Some(by) => not_lowered.push(NotLowered {
+                    what: format!("filesystem.{access}.allow: {prefix}"),
+                    why: format!("shadowed by the deny rule {by} (deny wins)"),
+                }),
+                None => {
+                    paths
+                        .rules
+                        .insert(PathRuleKey { access, prefix }, Verdict::Allow);
+                }
+            }
+        }
+        for prefix in denied {
+            paths
+                .rules
+                .insert(PathRuleKey { access, prefix }, Verdict::Deny);
+        }
+    }
+    paths
+}
+
+/// The prefixes of `set` that no other member covers.
+fn outermost(set: &BTreeSet<PathPrefix>) -> BTreeSet<PathPrefix> {
+    set.iter()
+        .filter(|p| !p.ancestors().any(|a| set.contains(a)))
+        .cloned()
+        .collect()
+}
+
+/// The member of `set` equal to or above `prefix`, if any.
+fn covering<'a>(prefix: &PathPrefix, set: &'a BTreeSet<PathPrefix>) -> Option<&'a PathPrefix> {
+    std::iter::once(prefix.as_str())
+        .chain(prefix.ancestors())
+        .find_map(|candidate| set.get(candidate))
+}
+
+fn lower_egress(entries: &[NetworkEntry], not_lowered: &mut Vec<NotLowered>) -> EgressRules {
+    let mut rules = BTreeSet::new();
+    let mut hosts = BTreeSet::new();
+    for entry in entries {
+        match entry {
+            NetworkEntry::Address(rule) => {
+                rules.insert(*rule);
+            }
+            NetworkEntry::Host { .. } => {
+                hosts.insert(entry.to_string());
+            }
+        }
+    }
+    not_lowered.extend(hosts.into_iter().map(|host| NotLowered {
+        what: format!("network.allowlist: {host}"),
+        why: "host names are matched by the L7 gateway; the kernel sees only addresses".into(),
+    }));
+    EgressRules {
+        mode: EgressMode::Allowlist,
+        rules: prune_covered_egress(rules),
+    }
+}
+
+/// Drops rules another rule already covers. Checks only the prefix lengths
+/// that occur, so the cost is O(n · distinct lengths · log n), not O(n²).
+fn prune_covered_egress(rules: BTreeSet<EgressRule>) -> BTreeSet<EgressRule> {
+    let lengths: BTreeSet<(bool, u8)> = rules
+        .iter()
+        .map(|r| (r.net.addr().is_ipv4(), r.net.prefix_len()))
+        .collect();
+    rules
+        .iter()
+        .filter(|rule| {
+            let v4 = rule.net.addr().is_ipv4();
+            !lengths
+                .iter()
+                .filter(|(family, len)| *family == v4 && *len <= rule.net.prefix_len())
+                .filter_map(|(_, len)| rule.net.supernet(*len))
+                .flat_map(|net| [EgressRule { net, port: None }, EgressRule { net, ..**rule }])
+                .any(|wider| wider != **rule && rules.contains(&wider))
+        })
+        .copied()
+        .collect()
+}
+
+fn report_gateway_sections(policy: &Policy, not_lowered: &mut Vec<NotLowered>) {
+    let spec = &policy.spec;
+    let gateway = "enforced by the Agent Assembly gateway, not the kernel";
+    let present = [
+        ("scope", spec.scope.is_some()),
+        ("capabilities", spec.capabilities.is_some()),
+        ("tools", spec.tools.is_some()),
+        ("budget", spec.budget.is_some()),
+        ("schedule", spec.schedule.is_some()),
+        ("data", spec.data.is_some()),
+        (
+            "approval_timeout_secs",
+            spec.approval_timeout_secs.is_some(),
+        ),
+    ];
+    for (section, _) in present.iter().filter(|(_, is_present)| *is_present) {
+        let why = if *section == "capabilities" {
+            format!("{gateway} (a denied file_write/file_delete adds the write-deny floor)")
+        } else {
+            gateway.to_owned()
+        };
+        not_lowered.push(NotLowered {
+            what: (*section).to_owned(),
+            why,
+        });
+    }
+}
+
+fn warnings_for(rules: &RuleSet, arch: Arch) -> Vec<String> {
+    let mut warnings = Vec::new();
+    match &rules.syscalls {
+        SyscallRule::Unrestricted => warnings.push(
+            "syscalls: no allowlist, so confined processes may use every syscall, including ones that bypass path rules".to_owned(),
+        ),
+        SyscallRule::Allow(set) => {
+            if set.is_empty() {
+                warnings.push("syscalls.allow is empty: any confined process is killed at its first syscall, and the daemon refuses to load it while a process is confined".to_owned());
+            }
+            let bypasses: Vec<&str> = BYPASS_SYSCALLS
+                .iter()
+                .copied()
+                .filter(|name| arch.syscall_number(name).is_some_and(|n| set.contains(n)))
+                .collect();
+            if !bypasses.is_empty() {
+                warnings.push(format!(
+                    "syscalls.allow permits {}: these let a confined process step around path rules or syscall hooks",
+                    bypasses.join(", ")
+                ));
+            }
+        }
+    }
+    if rules.egress.mode == EgressMode::Allowlist && rules.egress.rules.is_empty() {
+        warnings.push("network.allowlist has no IP address or network: confined processes can connect nowhere (host names need the L7 gateway)".to_owned());
+    }
+    if !rules.paths.rules.is_empty()
+        || rules.paths.read != Restriction::Unrestricted
+        || rules.paths.write != Restriction::Unrestricted
+    {
+        warnings.push("filesystem rules are loaded into the kernel map but no probe enforces them yet in this version".to_owned());
+    }
+    warnings
+}
+
+/// Counts for the human summary and `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RuleCounts {
+    pub syscalls: Option<usize>,
+    pub path_rules: BTreeMap<String, usize>,
+    pub egress_rules: usize,
+}
+
+impl RuleCounts {
+    pub fn of(rules: &RuleSet) -> Self {
+        let mut path_rules = BTreeMap::new();
+        for (key, verdict) in &rules.paths.rules {
+            *path_rules
+                .entry(format!("{}_{}", key.access, verdict))
+                .or_insert(0) += 1;
+        }
+        RuleCounts {
+            syscalls: match &rules.syscalls {
+                SyscallRule::Unrestricted => None,
+                SyscallRule::Allow(set) => Some(set.len()),
+            },
+            path_rules,
+            egress_rules: rules.egress.rules.len(),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Policy YAML → validated `Policy`, or one `PolicyError` that names the place.
+//!
+//! Why this exists: the daemon re-reads this file whenever an operator saves
+//! it, and a bad save must never reach the kernel. Everything that can be
+//! wrong with the bytes is found here — size, encoding, YAML syntax, alias
+//! bombs, unknown keys, wrong types, unknown syscalls, malformed paths and
+//! addresses — before lowering sees a value.
+//!
+//! Hostile input is refused by rule, not survived by luck: files over
+//! `MAX_POLICY_BYTES` are not parsed, serde_yaml's recursion and alias
+//! repetition limits stop nesting and expansion bombs, and a document that
+//! expands far beyond its size is refused.
+
+mod document;
+mod error;
+mod gateway_sections;
+mod network_entry;
+mod syscall_names;
+
+use std::path::Path;
+
+pub use document::{DocumentForm, Metadata, Spec};
+pub use error::PolicyError;
+pub use gateway_sections::Capability;
+pub use network_entry::NetworkEntry;
+pub use syscall_names::{SyscallToken, groups as syscall_groups};
+
+use crate::ruleset::Mode;
+
+/// Largest policy file accepted. A hand-written policy is a few KiB; a
+/// generated one with 100k compact rules still fits (the benchmark checks it).
+pub const MAX_POLICY_BYTES: usize = 1024 * 1024;
+
+/// A policy that passed every check. Only lowering consumes it.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub form: DocumentForm,
+    /// `apiVersion` of an envelope document.
+    pub api_version: Option<String>,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+impl Policy {
+    /// The policy's `metadata.name`, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.metadata.name.as_ref().map(|n| n.0.as_str())
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.spec.mode.unwrap_or_default()
+    }
+
+    /// Reads and parses a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let bytes = read_bounded(path)?;
+        Policy::parse_bytes(&bytes, path)
+    }
+
+    /// Parses policy bytes; `file` only names the source in errors.
+    pub fn parse_bytes(bytes: &[u8], file: &Path) -> Result<Policy, PolicyError> {
+        if bytes.len() > MAX_POLICY_BYTES {
+            return Err(PolicyError::invalid(
+                file,
+                1,
+                1,
+                format!(
+                    "policy is {} bytes; the limit is {MAX_POLICY_BYTES} bytes",
+                    bytes.len()
+                ),
+            ));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let (line, column) = line_col(bytes, e.valid_up_to());
+            PolicyError::invalid(file, line, column, "policy is not valid UTF-8")
+        })?;
+        Policy::parse_str(text, file)
+    }
+
+    /// Parses policy text; `file` only names the source in errors.
+    pub fn parse_str(text: &str, file: &Path) -> Result<Policy, PolicyError> {
+        if let Some(offset) = text.find('\0') {
+            let (line, column) = line_col(text.as_bytes(), offset);
+            return Err(PolicyError::invalid(
+                file,
+                line,
+                column,
+                "policy contains a NUL byte",
+            ));
+        }
+        if text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+        }) {
+            return Err(PolicyError::invalid(
+                file,
+                1,
+                1,
+                "policy is empty (only blank lines or comments); an empty file is never applied",
+            ));
+        }
+        let yaml_error = |e| PolicyError::from_yaml(file, &e);
+        let form = DocumentForm::detect(text).map_err(yaml_error)?;
+        let (api_version, metadata, spec) = match form {
+            DocumentForm::Envelope => {
+                let envelope: document::Envelope = from_yaml(text).map_err(yaml_error)?;
+                (
+                    Some(envelope.api_version.0),
+                    envelope.metadata,
+                    envelope.spec,
+                )
+            }
+            DocumentForm::Flat => {
+                let flat: document::FlatDocument = from_yaml(text).map_err(yaml_error)?;
+                let (metadata, spec) = flat.into_parts();
+                (None, metadata, spec)
+            }
+        };
+        Ok(Policy {
+            form,
+            api_version,
+            metadata: metadata.unwrap_or_default(),
+            spec,
+        })
+    }
+}
+
+fn from_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<T, serde_path_to_error::Error<serde_yaml::Error>> {
+    serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+}
+
+/// Reads at most one byte past the limit, so a huge or endless file (a FIFO,
+/// `/dev/zero`) costs nothing before it is refused.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, PolicyError> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| PolicyError::Unreadable {
+        file: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    Ok(bytes)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, String> {
+        Policy::parse_str(text, Path::new("p.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn envelope_and_flat_forms_parse_to_the_same_spec() {
+        let envelope = parse(
+            "apiVersion: agent-assembly.dev/v1\nkind: Policy\nmetadata: {name: a}\nspec:\n  syscalls: {allow: [read]}\n",
+        )
+        .unwrap();
+        let flat = parse("metadata: {name: a}\nsyscalls: {allow: [read]}\n").unwrap();
+        assert_eq!(envelope.form, DocumentForm::Envelope);
+        assert_eq!(flat.form, DocumentForm::Flat);
+        assert_eq!(envelope.name(), Some("a"));
+        assert_eq!(
+            format!("{:?}", envelope.spec),
+            format!("{:?}", flat.spec),
+            "both forms must yield one spec"
+        );
+    }
+
+    #[test]
+    fn unknown_key_error_names_the_full_key_path_and_place() {
+        let err =
+            parse("spec:\n  filesystem:\n    raed: {allow: []}\nkind: Policy\napiVersion: v1\n")
+                .unwrap_err();
+        assert!(
+            err.starts_with("p.yaml:3:5: spec.filesystem.raed: unknown key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn null_list_is_refused_but_empty_list_is_kept() {
+        let err = parse("syscalls:\n  allow:\n").unwrap_err();
+        assert!(err.contains("syscalls.allow: is null"), "{err}");
+        let policy = parse("syscalls:\n  allow: []\n").unwrap();
+        assert_eq!(policy.spec.syscalls.unwrap().allow.len(), 0);
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col(b"ab\ncd", 4), (2, 2));
+        assert_eq!(line_col(b"", 0), (1, 1));
+    }
+}
