@@ -14,6 +14,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::gateway_sections::{Budget, Capabilities, DataRules, NonEmptyString, Schedule, Tools};
+use super::leaf::Number;
 use super::network_entry::NetworkEntry;
 use super::syscall_names::SyscallToken;
 use crate::ruleset::{Mode, PathPrefix};
@@ -62,8 +63,7 @@ where
 /// An absolute path prefix as written in `filesystem.*`.
 impl<'de> Deserialize<'de> for PathPrefix {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        PathPrefix::parse(&raw).map_err(de::Error::custom)
+        super::leaf::parse_str(deserializer, "an absolute path", PathPrefix::parse)
     }
 }
 
@@ -192,10 +192,12 @@ pub struct ApprovalTimeout(pub u64);
 
 impl<'de> Deserialize<'de> for ApprovalTimeout {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match u64::deserialize(deserializer)? {
-            0 => Err(de::Error::custom("must be at least 1 second")),
-            secs => Ok(ApprovalTimeout(secs)),
-        }
+        super::leaf::parse_number(deserializer, "a whole number of seconds", |n| match n {
+            Number::Unsigned(secs @ 1..) => Ok(ApprovalTimeout(secs)),
+            other => Err(format!(
+                "{other} is not a timeout (a whole number of seconds >= 1)"
+            )),
+        })
     }
 }
 

@@ -41,12 +41,8 @@ impl PolicyError {
     pub fn from_yaml(file: &Path, error: &serde_path_to_error::Error<serde_yaml::Error>) -> Self {
         let inner = error.inner();
         let (line, column) = inner.location().map_or((1, 1), |l| (l.line(), l.column()));
-        let rendered = inner.to_string();
-        let without_location = match rendered.rfind(" at line ") {
-            Some(cut) if rendered[cut..].contains(" column ") => &rendered[..cut],
-            _ => rendered.as_str(),
-        };
-        let (yaml_path, message) = split_key_path(without_location);
+        let rendered = strip_locations(&inner.to_string());
+        let (yaml_path, message) = split_key_path(&rendered);
         let tracked = error.path().to_string();
         let path = match tracked.as_str() {
             "." | "" => yaml_path.map(str::to_owned),
@@ -85,6 +81,28 @@ fn split_key_path(text: &str) -> (Option<&str>, &str) {
     }
 }
 
+/// Removes every ` at line N column M`: the position is already in front.
+fn strip_locations(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(" at line ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + " at line ".len()..];
+        let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let line_digits = digits(after);
+        let tail = &after[line_digits..];
+        match tail.strip_prefix(" column ") {
+            Some(col) if line_digits > 0 && digits(col) > 0 => rest = &col[digits(col)..],
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -100,6 +118,17 @@ mod tests {
             split_key_path("invalid type: map"),
             (None, "invalid type: map")
         );
+    }
+
+    #[test]
+    fn every_embedded_location_is_stripped() {
+        assert_eq!(
+            strip_locations(
+                "did not find ',' at line 2 column 1, while parsing at line 1 column 11"
+            ),
+            "did not find ',', while parsing"
+        );
+        assert_eq!(strip_locations("at line x"), "at line x");
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
+use super::leaf::Number;
+
 /// `capabilities.{allow, deny}` tokens.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Capability {
@@ -47,7 +49,7 @@ impl Capability {
         for (prefix, make) in qualified {
             if let Some(name) = raw.strip_prefix(prefix) {
                 if name.is_empty() || name.chars().any(char::is_whitespace) {
-                    return Err(format!("`{raw}`: `{prefix}` needs a name without spaces"));
+                    return Err(format!("`{prefix}` needs a name without spaces"));
                 }
                 return Ok(make(name.to_owned()));
             }
@@ -70,8 +72,7 @@ impl Capability {
 
 impl<'de> Deserialize<'de> for Capability {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        Capability::parse(&raw).map_err(serde::de::Error::custom)
+        super::leaf::parse_str(deserializer, "a capability name", Capability::parse)
     }
 }
 
@@ -104,11 +105,12 @@ pub struct NonEmptyString(pub String);
 
 impl<'de> Deserialize<'de> for NonEmptyString {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        if raw.trim().is_empty() {
-            return Err(serde::de::Error::custom("must not be empty"));
-        }
-        Ok(NonEmptyString(raw))
+        super::leaf::parse_str(deserializer, "a non-empty string", |raw| {
+            if raw.trim().is_empty() {
+                return Err("must not be empty".to_owned());
+            }
+            Ok(NonEmptyString(raw.to_owned()))
+        })
     }
 }
 
@@ -135,19 +137,20 @@ pub struct TimeZone(pub String);
 
 impl<'de> Deserialize<'de> for TimeZone {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        let shaped = !raw.is_empty()
-            && raw.len() <= 64
-            && raw
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c))
-            && !raw.starts_with('/');
-        if !shaped {
-            return Err(serde::de::Error::custom(format!(
-                "`{raw}` is not a time zone name (e.g. UTC, Europe/Berlin)"
-            )));
-        }
-        Ok(TimeZone(raw))
+        super::leaf::parse_str(deserializer, "a time zone name", |raw| {
+            let shaped = !raw.is_empty()
+                && raw.len() <= 64
+                && raw
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c))
+                && !raw.starts_with('/');
+            if !shaped {
+                return Err(format!(
+                    "`{raw}` is not a time zone name (e.g. UTC, Europe/Berlin)"
+                ));
+            }
+            Ok(TimeZone(raw.to_owned()))
+        })
     }
 }
 
@@ -160,13 +163,12 @@ pub struct TimeOfDay {
 
 impl<'de> Deserialize<'de> for TimeOfDay {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        let parsed = raw.split_once(':').and_then(|(h, m)| {
-            let (h, m): (u8, u8) = (h.parse().ok()?, m.parse().ok()?);
-            (h < 24 && m < 60 && raw.len() == 5).then_some(TimeOfDay { hour: h, minute: m })
-        });
-        parsed.ok_or_else(|| {
-            serde::de::Error::custom(format!("`{raw}` is not a time of day HH:MM (00:00-23:59)"))
+        super::leaf::parse_str(deserializer, "a time of day HH:MM", |raw| {
+            let parsed = raw.split_once(':').and_then(|(h, m)| {
+                let (h, m): (u8, u8) = (h.parse().ok()?, m.parse().ok()?);
+                (h < 24 && m < 60 && raw.len() == 5).then_some(TimeOfDay { hour: h, minute: m })
+            });
+            parsed.ok_or_else(|| format!("`{raw}` is not a time of day HH:MM (00:00-23:59)"))
         })
     }
 }
@@ -192,13 +194,17 @@ pub struct Usd(pub f64);
 
 impl<'de> Deserialize<'de> for Usd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let amount = f64::deserialize(deserializer)?;
-        if !amount.is_finite() || amount < 0.0 {
-            return Err(serde::de::Error::custom(format!(
-                "{amount} is not a valid amount (a number >= 0)"
-            )));
-        }
-        Ok(Usd(amount))
+        super::leaf::parse_number(deserializer, "an amount in USD", |n| {
+            let amount = match n {
+                Number::Unsigned(v) => v as f64,
+                Number::Signed(v) => v as f64,
+                Number::Float(v) => v,
+            };
+            if !amount.is_finite() || amount < 0.0 {
+                return Err(format!("{n} is not a valid amount (a number >= 0)"));
+            }
+            Ok(Usd(amount))
+        })
     }
 }
 

@@ -14,6 +14,7 @@
 mod document;
 mod error;
 mod gateway_sections;
+mod leaf;
 mod network_entry;
 mod syscall_names;
 
@@ -30,6 +31,13 @@ use crate::ruleset::Mode;
 /// Largest policy file accepted. A hand-written policy is a few KiB; a
 /// generated one with 100k compact rules still fits (the benchmark checks it).
 pub const MAX_POLICY_BYTES: usize = 1024 * 1024;
+
+/// Most `[` and `{` characters a policy may contain. libyaml's scanner costs
+/// O(depth²) in flow-collection nesting (a 1 MiB `[[[[…` file takes ~30 min),
+/// and nesting depth can never exceed the number of openers, so bounding them
+/// bounds the worst case (~0.1 s here) without mimicking YAML's quoting rules.
+/// Real policies use a few dozen; long lists belong in block style.
+pub const MAX_FLOW_OPENERS: usize = 4096;
 
 /// A policy that passed every check. Only lowering consumes it.
 #[derive(Clone, Debug)]
@@ -86,6 +94,22 @@ impl Policy {
                 line,
                 column,
                 "policy contains a NUL byte",
+            ));
+        }
+        if let Some((offset, _)) = text
+            .bytes()
+            .enumerate()
+            .filter(|(_, b)| matches!(b, b'[' | b'{'))
+            .nth(MAX_FLOW_OPENERS)
+        {
+            let (line, column) = line_col(text.as_bytes(), offset);
+            return Err(PolicyError::invalid(
+                file,
+                line,
+                column,
+                format!(
+                    "policy has more than {MAX_FLOW_OPENERS} `[`/`{{` characters; deep flow nesting makes YAML parsing quadratic, so write long lists in block style"
+                ),
             ));
         }
         if text.lines().all(|l| {

@@ -82,8 +82,11 @@ impl fmt::Display for NetworkEntry {
 
 impl<'de> Deserialize<'de> for NetworkEntry {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        NetworkEntry::parse(&raw).map_err(serde::de::Error::custom)
+        super::leaf::parse_str(
+            deserializer,
+            "an IP address, network or host name",
+            NetworkEntry::parse,
+        )
     }
 }
 

@@ -73,8 +73,11 @@ impl fmt::Display for SyscallToken {
 
 impl<'de> Deserialize<'de> for SyscallToken {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        SyscallToken::parse(&raw).map_err(serde::de::Error::custom)
+        super::leaf::parse_str(
+            deserializer,
+            "a syscall name or @group",
+            SyscallToken::parse,
+        )
     }
 }
 

@@ -1,0 +1,88 @@
+//! Validating leaf values from inside the deserializer.
+//!
+//! Why this exists: a validation error raised *after* `String::deserialize`
+//! returns has left the tracked deserializer, so its message loses the exact
+//! key path (`spec.syscalls.allow[3]`). Raising it from the visitor keeps
+//! path and position together. Every validated scalar goes through here.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserializer;
+use serde::de::{self, Visitor};
+
+/// Deserializes a string and validates it with `parse` inside the visitor.
+pub fn parse_str<'de, D, T, F>(
+    deserializer: D,
+    expecting: &'static str,
+    parse: F,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(&str) -> Result<T, String>,
+{
+    struct StrVisitor<F, T>(&'static str, F, PhantomData<T>);
+    impl<F, T> Visitor<'_> for StrVisitor<F, T>
+    where
+        F: FnOnce(&str) -> Result<T, String>,
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.1)(v).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(StrVisitor(expecting, parse, PhantomData))
+}
+
+/// Deserializes a number (integer or float) and validates it with `parse`.
+pub fn parse_number<'de, D, T, F>(
+    deserializer: D,
+    expecting: &'static str,
+    parse: F,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(Number) -> Result<T, String>,
+{
+    struct NumberVisitor<F, T>(&'static str, F, PhantomData<T>);
+    impl<F, T> Visitor<'_> for NumberVisitor<F, T>
+    where
+        F: FnOnce(Number) -> Result<T, String>,
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            (self.1)(Number::Unsigned(v)).map_err(E::custom)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            (self.1)(Number::Signed(v)).map_err(E::custom)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            (self.1)(Number::Float(v)).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_any(NumberVisitor(expecting, parse, PhantomData))
+}
+
+/// A YAML number as the parser saw it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Number {
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+}
+
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Number::Unsigned(v) => v.fmt(f),
+            Number::Signed(v) => v.fmt(f),
+            Number::Float(v) => v.fmt(f),
+        }
+    }
+}
