@@ -67,21 +67,22 @@ pub fn summary_lines(lowered: &Lowered) -> Vec<String> {
     let count = |key: &str| counts.path_rules.get(key).copied().unwrap_or(0);
     let restriction = |r: Restriction, allowed: usize| match r {
         Restriction::Unrestricted => "unrestricted".to_owned(),
-        Restriction::Allowlist => format!("allowlist of {allowed} prefixes"),
+        Restriction::Allowlist => format!("allowlist of {}", plural(allowed, "prefix", "prefixes")),
     };
     lines.push(format!(
-        "filesystem: read {}, write {}, {} deny rules",
+        "filesystem: read {}, write {}; deny {} for read, {} for write",
         restriction(rules.paths.read, count("read_allow")),
         restriction(rules.paths.write, count("write_allow")),
-        count("read_deny") + count("write_deny"),
+        plural(count("read_deny"), "prefix", "prefixes"),
+        plural(count("write_deny"), "prefix", "prefixes"),
     ));
     lines.push(match rules.egress.mode {
         EgressMode::Unrestricted => {
             "network:    egress unrestricted (no network section)".to_owned()
         }
         EgressMode::Allowlist => format!(
-            "network:    egress allowlist of {} kernel rules",
-            rules.egress.rules.len()
+            "network:    egress allowlist of {}",
+            plural(rules.egress.rules.len(), "kernel rule", "kernel rules")
         ),
     });
     for item in &lowered.not_lowered {
@@ -91,6 +92,10 @@ pub fn summary_lines(lowered: &Lowered) -> Vec<String> {
         lines.push(format!("warning: {warning}"));
     }
     lines
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// One line per op, `kind sign details`, with sign `+` add, `-` remove,
