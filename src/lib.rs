@@ -7,7 +7,9 @@
 //! Everything in this crate up to the loader is pure: values in, values out.
 
 pub mod delta;
+pub mod events;
 pub mod guard;
+pub mod loader;
 pub mod lower;
 pub mod policy;
 pub mod report;

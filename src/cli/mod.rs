@@ -6,10 +6,14 @@
 
 mod check;
 mod diff;
+mod exec;
+mod unload;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use aa_policyd::loader::kernel::DEFAULT_PIN_DIR;
 use aa_policyd::ruleset::Arch;
 use clap::{Parser, Subcommand};
 
@@ -58,6 +62,26 @@ enum Command {
         /// The proposed policy.
         new: PathBuf,
     },
+    /// Run CMD confined by POLICY, standalone; exits with CMD's status
+    /// (128 + signal when killed). Deny events go to stderr.
+    Exec {
+        /// The policy to enforce.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Where the probes' maps and links are pinned.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, num_args = 1..)]
+        command: Vec<OsString>,
+    },
+    /// Remove every program, link, map and pin aa-policyd created under
+    /// the pin dir (stops enforcement for everything confined through it).
+    Unload {
+        /// Where the probes' maps and links are pinned.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
 }
 
 fn parse_arch(raw: &str) -> Result<Arch, String> {
@@ -74,5 +98,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             old,
             new,
         } => diff::run(&old, &new, arch, confined, json),
+        Command::Exec {
+            policy,
+            pin_dir,
+            command,
+        } => exec::run(&policy, &pin_dir, &command),
+        Command::Unload { pin_dir } => unload::run(&pin_dir),
     }
 }

@@ -1,0 +1,95 @@
+//! `aa-policyd exec --policy POLICY -- CMD [ARGS...]`: run one command
+//! confined, standalone (no daemon), and exit with its status.
+
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use aa_policyd::delta::diff;
+use aa_policyd::events::Event;
+use aa_policyd::loader::Loader;
+use aa_policyd::loader::kernel::KernelLoader;
+use aa_policyd::loader::process::spawn_confined;
+use aa_policyd::lower::lower;
+use aa_policyd::policy::Policy;
+use aa_policyd::ruleset::Arch;
+use anyhow::Context;
+
+use super::EXIT_INVALID;
+
+pub fn run(policy_path: &Path, pin_dir: &Path, argv: &[OsString]) -> anyhow::Result<ExitCode> {
+    let policy = match Policy::load(policy_path) {
+        Ok(policy) => policy,
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let desired = lower(&policy, Arch::native()).rules;
+    let mut loader = KernelLoader::open(pin_dir).context("loading the probes")?;
+    let applied = loader.applied()?;
+    let delta = diff(&applied.rules, &desired);
+    let report = loader.apply(&delta).context("applying the policy")?;
+    tracing::info!(
+        generation = report.generation,
+        ops = delta.len(),
+        map_ops = report.map_ops,
+        "policy {} in force",
+        policy_path.display()
+    );
+
+    let events = loader.take_events();
+    let child = spawn_confined(&mut loader, argv)?;
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = events.map(|ring| {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || stream_events(ring, &done))
+    });
+    let status = child.wait()?;
+    done.store(true, Ordering::Relaxed);
+    if let Some(reader) = reader {
+        let _ = reader.join();
+    }
+    if let Err(error) = loader.sync_hooks() {
+        tracing::warn!("could not detach idle hooks: {error}");
+    }
+    let code = status.code();
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+}
+
+/// Logs each event until `done`, then drains what is left.
+fn stream_events(mut ring: aya::maps::RingBuf<aya::maps::MapData>, done: &AtomicBool) {
+    loop {
+        let finishing = done.load(Ordering::Relaxed);
+        while let Some(item) = ring.next() {
+            if let Some(event) = Event::decode(&item) {
+                log_event(&event);
+            }
+        }
+        if finishing {
+            return;
+        }
+        let mut pollfd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a 50 ms timeout re-checks `done`.
+        unsafe { libc::poll(&mut pollfd, 1, 50) };
+    }
+}
+
+fn log_event(event: &Event) {
+    let kind = event.kind_name();
+    match event.kind {
+        aa_policyd::events::EventKind::Exec { .. } | aa_policyd::events::EventKind::Exit => {
+            tracing::info!(aa_event = kind, pid = event.pid, comm = %event.comm, "{event}")
+        }
+        _ => {
+            tracing::warn!(aa_event = kind, pid = event.pid, comm = %event.comm, syscall = event.syscall(), "{event}")
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Probe events: ring-buffer records decoded into `Event`s a person can read.
+//!
+//! Why this exists: the probes write fixed-size C records; operators need
+//! "pid 4312 (python3) denied syscall ptrace (101): killed". Decoding lives
+//! in one place so `exec`, the daemon's logs and `status` say the same thing.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::loader::abi::{self, RawEvent};
+use crate::ruleset::{Arch, Mode};
+
+/// What a confined process did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A syscall not in the allowlist (or from the ia32/x32 tables).
+    DeniedSyscall {
+        number: i64,
+        name: Option<&'static str>,
+        compat: bool,
+    },
+    /// A connect or sendmsg to a destination not in the egress allowlist.
+    DeniedConnect { destination: SocketAddr },
+    /// An exec of `path`.
+    Exec { path: String },
+    /// The last thread of the process exited.
+    Exit,
+}
+
+/// One decoded probe event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub mode: Mode,
+    pub kind: EventKind,
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+impl Event {
+    /// Decodes a ring-buffer record; `None` for a short or unknown record.
+    pub fn decode(bytes: &[u8]) -> Option<Event> {
+        let raw = RawEvent::from_bytes(bytes)?;
+        let kind = match raw.kind {
+            abi::EVENT_SYSCALL => EventKind::DeniedSyscall {
+                number: raw.syscall_nr,
+                name: u32::try_from(raw.syscall_nr)
+                    .ok()
+                    .filter(|_| raw.compat == 0)
+                    .and_then(|n| Arch::native().syscall_name(n)),
+                compat: raw.compat != 0,
+            },
+            abi::EVENT_CONNECT => {
+                let ip = if raw.family == libc::AF_INET as u16 {
+                    let mut v4 = [0u8; 4];
+                    v4.copy_from_slice(&raw.addr[..4]);
+                    IpAddr::V4(Ipv4Addr::from(v4))
+                } else {
+                    IpAddr::V6(Ipv6Addr::from(raw.addr))
+                };
+                EventKind::DeniedConnect {
+                    destination: SocketAddr::new(ip, raw.port),
+                }
+            }
+            abi::EVENT_EXEC => EventKind::Exec {
+                path: c_string(&raw.path),
+            },
+            abi::EVENT_EXIT => EventKind::Exit,
+            _ => return None,
+        };
+        Some(Event {
+            pid: raw.pid,
+            tgid: raw.tgid,
+            comm: c_string(&raw.comm),
+            mode: if raw.mode == abi::MODE_AUDIT {
+                Mode::Audit
+            } else {
+                Mode::Enforce
+            },
+            kind,
+        })
+    }
+
+    /// The short name used as the `AA_EVENT` log field.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            EventKind::DeniedSyscall { .. } => "denied_syscall",
+            EventKind::DeniedConnect { .. } => "denied_connect",
+            EventKind::Exec { .. } => "exec",
+            EventKind::Exit => "exit",
+        }
+    }
+
+    /// The syscall name for a denied syscall (`#N` when unknown).
+    pub fn syscall(&self) -> Option<String> {
+        match &self.kind {
+            EventKind::DeniedSyscall {
+                number,
+                name,
+                compat,
+            } => Some(match (name, compat) {
+                (_, true) => format!("compat#{number}"),
+                (Some(name), false) => (*name).to_owned(),
+                (None, false) => format!("#{number}"),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let who = format!("pid {} ({})", self.pid, self.comm);
+        let outcome = |killed: &'static str| match self.mode {
+            Mode::Enforce => killed,
+            Mode::Audit => "audit only, allowed",
+        };
+        match &self.kind {
+            EventKind::DeniedSyscall { number, compat, .. } => {
+                let name = self.syscall().unwrap_or_default();
+                let table = if *compat {
+                    " from the ia32/x32 table"
+                } else {
+                    ""
+                };
+                write!(
+                    f,
+                    "{who} denied syscall {name} ({number}){table}: {}",
+                    outcome("killed")
+                )
+            }
+            EventKind::DeniedConnect { destination } => {
+                write!(
+                    f,
+                    "{who} denied connect to {destination}: {}",
+                    outcome("refused with EPERM")
+                )
+            }
+            EventKind::Exec { path } => write!(f, "{who} exec {path}"),
+            EventKind::Exit => write!(f, "process {} ({}) exited", self.tgid, self.comm),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The probes' shared types as `#[repr(C)]` Rust: the mirror of
+//! `probes/aa_policy.h`.
+//!
+//! Why this exists: userspace writes these bytes into pinned maps that the
+//! kernel programs read. A field out of place would silently mean another
+//! rule, so the layout is tested against `probes/abi_layout.txt`, which
+//! `probes/build.sh` prints from the C header itself.
+
+use crate::ruleset::SYSCALL_BITMAP_BITS;
+
+/// Part of every pin path: a new layout never reuses an old pin.
+pub const ABI_VERSION: u32 = 1;
+
+pub const MODE_ENFORCE: u32 = 0;
+pub const MODE_AUDIT: u32 = 1;
+
+pub const EVENT_SYSCALL: u32 = 1;
+pub const EVENT_CONNECT: u32 = 2;
+pub const EVENT_EXEC: u32 = 3;
+pub const EVENT_EXIT: u32 = 4;
+
+pub const ACCESS_READ: u8 = 1;
+pub const ACCESS_WRITE: u8 = 2;
+
+pub const COUNTER_EVENT_DROPS: u32 = 0;
+pub const COUNTER_REGISTRY_FULL: u32 = 1;
+pub const COUNTER_MARK_FAILED: u32 = 2;
+
+pub const SYSCALL_WORDS: usize = SYSCALL_BITMAP_BITS / 64;
+pub const MAX_PATH: usize = 256;
+
+/// `GENERATIONS[slot]`: the fixed-size rules of one generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Generation {
+    pub generation: u64,
+    pub mode: u32,
+    pub syscalls_restricted: u32,
+    pub egress_restricted: u32,
+    pub read_restricted: u32,
+    pub write_restricted: u32,
+    pub _pad: u32,
+    pub syscall_allow: [u64; SYSCALL_WORDS],
+}
+
+/// `TASK_MARK` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskMark {
+    pub confined: u32,
+    pub _pad: u32,
+}
+
+/// `CONFINED` value (key: TGID).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Confined {
+    pub parent_tgid: u32,
+    pub _pad: u32,
+}
+
+/// `EGRESS4` key data (after the LPM prefix length): port, then address,
+/// both in network byte order. The C struct's trailing padding is not part
+/// of the key data aya sends, and no prefix reaches it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Egress4Data {
+    pub port: u16,
+    pub addr: [u8; 4],
+    pub _pad: [u8; 2],
+}
+
+/// `EGRESS6` key data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Egress6Data {
+    pub port: u16,
+    pub addr: [u8; 16],
+    pub _pad: [u8; 2],
+}
+
+/// `EGRESS4`/`EGRESS6`/`PATHS` value: which slots hold the entry, and for
+/// paths the access masks per slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleValue {
+    pub prefixlen: u32,
+    pub slots: u8,
+    pub allow: [u8; 2],
+    pub deny: [u8; 2],
+    pub _pad: [u8; 3],
+}
+
+/// `PATHS` key data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathData {
+    pub path: [u8; MAX_PATH],
+}
+
+/// A ring-buffer event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawEvent {
+    pub kind: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub mode: u32,
+    pub syscall_nr: i64,
+    pub compat: u32,
+    pub family: u16,
+    pub port: u16,
+    pub addr: [u8; 16],
+    pub comm: [u8; 16],
+    pub path: [u8; 128],
+}
+
+// SAFETY: plain-old-data with no pointers; every bit pattern is valid.
+unsafe impl aya::Pod for Generation {}
+unsafe impl aya::Pod for TaskMark {}
+unsafe impl aya::Pod for Confined {}
+unsafe impl aya::Pod for Egress4Data {}
+unsafe impl aya::Pod for Egress6Data {}
+unsafe impl aya::Pod for RuleValue {}
+unsafe impl aya::Pod for PathData {}
+
+impl RawEvent {
+    /// Reads an event from ring-buffer bytes; `None` if they are too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<RawEvent> {
+        if bytes.len() < std::mem::size_of::<RawEvent>() {
+            return None;
+        }
+        // SAFETY: length checked; RawEvent is repr(C) plain data, read unaligned.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    /// `probes/abi_layout.txt`, as printed by the C compiler from the header.
+    fn c_layout() -> std::collections::HashMap<String, usize> {
+        let text = include_str!("../../probes/abi_layout.txt");
+        text.lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                let (_, name, value) = (parts.next()?, parts.next()?, parts.next()?);
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rust_mirror_matches_the_c_header_layout() {
+        let c = c_layout();
+        let expect = |name: &str, rust: usize| {
+            assert_eq!(c.get(name).copied(), Some(rust), "{name}");
+        };
+        expect("aa_generation", size_of::<Generation>());
+        expect("aa_generation.mode", offset_of!(Generation, mode));
+        expect(
+            "aa_generation.syscall_allow",
+            offset_of!(Generation, syscall_allow),
+        );
+        expect("aa_task_mark", size_of::<TaskMark>());
+        expect("aa_confined", size_of::<Confined>());
+        // LPM keys: the C struct is `u32 prefixlen` + data.
+        expect("aa_egress4_key", 4 + size_of::<Egress4Data>());
+        expect("aa_egress4_key.port", 4 + offset_of!(Egress4Data, port));
+        expect("aa_egress4_key.addr", 4 + offset_of!(Egress4Data, addr));
+        expect("aa_egress6_key", 4 + size_of::<Egress6Data>());
+        expect("aa_egress6_key.addr", 4 + offset_of!(Egress6Data, addr));
+        expect("aa_rule_value", size_of::<RuleValue>());
+        expect("aa_rule_value.slots", offset_of!(RuleValue, slots));
+        expect("aa_rule_value.allow", offset_of!(RuleValue, allow));
+        expect("aa_rule_value.deny", offset_of!(RuleValue, deny));
+        expect("aa_path_key", 4 + size_of::<PathData>());
+        expect("aa_event", size_of::<RawEvent>());
+        expect("aa_event.syscall_nr", offset_of!(RawEvent, syscall_nr));
+        expect("aa_event.compat", offset_of!(RawEvent, compat));
+        expect("aa_event.family", offset_of!(RawEvent, family));
+        expect("aa_event.port", offset_of!(RawEvent, port));
+        expect("aa_event.addr", offset_of!(RawEvent, addr));
+        expect("aa_event.comm", offset_of!(RawEvent, comm));
+        expect("aa_event.path", offset_of!(RawEvent, path));
+    }
+}

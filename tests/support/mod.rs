@@ -1,0 +1,212 @@
+//! Shared helpers for tests against the real kernel.
+//!
+//! Every kernel test gets its own pin dir and a guard that unloads it (links,
+//! maps, pins) when the test ends, also on panic. Children a test starts are
+//! killed by PID on drop, and only those. Without root or BPF the tests skip
+//! loudly — unless `AA_REQUIRE_KERNEL=1` (CI), where skipping is a failure.
+
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use aa_policyd::delta::diff;
+use aa_policyd::events::Event;
+use aa_policyd::loader::kernel::{self, KernelLoader};
+use aa_policyd::loader::process::{self, ConfinedChild, ExitStatus};
+use aa_policyd::loader::{ApplyReport, Loader, LoaderError};
+use aa_policyd::lower::lower;
+use aa_policyd::policy::Policy;
+use aa_policyd::ruleset::{Arch, RuleSet, SyscallRule};
+use aya::maps::{MapData, RingBuf};
+
+/// Why kernel tests cannot run here, if they cannot.
+fn missing_kernel_support() -> Option<String> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".into());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("the kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
+    }
+    None
+}
+
+/// A loader on a private pin dir, unloaded on drop.
+pub struct KernelTest {
+    pub loader: KernelLoader,
+    pub pin_dir: PathBuf,
+}
+
+/// Opens a loader for one test, or returns `None` after saying loudly why
+/// the test is skipped. Panics instead when `AA_REQUIRE_KERNEL=1`.
+pub fn kernel_test(name: &str) -> Option<KernelTest> {
+    if let Some(why) = missing_kernel_support() {
+        if std::env::var("AA_REQUIRE_KERNEL").as_deref() == Ok("1") {
+            panic!(
+                "kernel test {name} cannot run ({why}) and AA_REQUIRE_KERNEL=1 forbids skipping"
+            );
+        }
+        eprintln!(
+            "SKIPPED kernel test {name}: {why} (set AA_REQUIRE_KERNEL=1 to make this a failure)"
+        );
+        return None;
+    }
+    let pin_dir = unique_pin_dir(name);
+    match KernelLoader::open(&pin_dir) {
+        Ok(loader) => Some(KernelTest { loader, pin_dir }),
+        Err(error) => {
+            let _ = kernel::unload(&pin_dir);
+            panic!("{name}: opening the loader failed: {error}");
+        }
+    }
+}
+
+pub fn unique_pin_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    PathBuf::from(format!(
+        "/sys/fs/bpf/aa-test-{}-{n}-{name}",
+        std::process::id()
+    ))
+}
+
+impl Drop for KernelTest {
+    fn drop(&mut self) {
+        if let Err(error) = kernel::unload(&self.pin_dir) {
+            eprintln!("cleanup of {} failed: {error}", self.pin_dir.display());
+        }
+    }
+}
+
+impl KernelTest {
+    /// Applies `rules` as the loader would for a reload.
+    pub fn apply_rules(&mut self, rules: &RuleSet) -> Result<ApplyReport, LoaderError> {
+        let applied = self.loader.applied()?;
+        self.loader.apply(&diff(&applied.rules, rules))
+    }
+
+    /// Applies a policy written as YAML.
+    pub fn apply_yaml(&mut self, yaml: &str) -> ApplyReport {
+        let rules = rules_from_yaml(yaml);
+        self.apply_rules(&rules).expect("apply policy")
+    }
+
+    /// Starts `argv` confined; the child is killed on drop if still running.
+    pub fn spawn(&mut self, argv: &[&str]) -> Child {
+        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+        let child = process::spawn_confined(&mut self.loader, &argv).expect("spawn confined");
+        Child { inner: Some(child) }
+    }
+
+    pub fn events(&mut self) -> EventReader {
+        EventReader {
+            ring: self.loader.take_events().expect("event ring buffer"),
+            seen: Vec::new(),
+        }
+    }
+}
+
+pub fn rules_from_yaml(yaml: &str) -> RuleSet {
+    let policy = Policy::parse_str(yaml, Path::new("test.yaml")).expect("test policy is valid");
+    lower(&policy, Arch::native()).rules
+}
+
+/// The shipped default policy, lowered.
+pub fn default_rules() -> RuleSet {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default.yaml"),
+    )
+    .expect("read default policy");
+    rules_from_yaml(&text)
+}
+
+/// `rules` with syscall `name` removed from the allowlist.
+pub fn without_syscall(mut rules: RuleSet, name: &str) -> RuleSet {
+    let number = Arch::native().syscall_number(name).expect("known syscall");
+    if let SyscallRule::Allow(set) = &mut rules.syscalls {
+        assert!(
+            set.contains(number),
+            "{name} must be allowed before it can be removed"
+        );
+        set.remove(number);
+    }
+    rules
+}
+
+/// A child this test started; killed and reaped on drop unless waited.
+pub struct Child {
+    inner: Option<ConfinedChild>,
+}
+
+impl Child {
+    pub fn pid(&self) -> u32 {
+        self.inner.as_ref().map_or(0, |c| c.pid)
+    }
+
+    pub fn wait(mut self) -> ExitStatus {
+        let child = self.inner.take().expect("not waited yet");
+        child.wait().expect("wait for child")
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(child) = self.inner.take() {
+            // SAFETY: our own unreaped child: the PID is still ours.
+            unsafe { libc::kill(child.pid as libc::pid_t, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An unconfined child, killed and reaped on drop.
+pub struct Plain(pub std::process::Child);
+
+impl Drop for Plain {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads decoded events from the ring buffer.
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+    pub seen: Vec<Event>,
+}
+
+impl EventReader {
+    /// Waits up to 2 s for an event matching `want`.
+    pub fn wait_for(&mut self, want: impl Fn(&Event) -> bool) -> Option<Event> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            while let Some(item) = self.ring.next() {
+                if let Some(event) = Event::decode(&item) {
+                    self.seen.push(event);
+                }
+            }
+            if let Some(event) = self.seen.iter().find(|e| want(e)) {
+                return Some(event.clone());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Polls `condition` for up to 3 s.
+pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
