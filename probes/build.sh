@@ -9,7 +9,7 @@ CLANG=${CLANG:-clang-19}
 STRIP=${STRIP:-llvm-strip-19}
 arch_include=/usr/include/$(uname -m)-linux-gnu
 
-for src in syscall_guard task_lifecycle egress; do
+for src in syscall_guard task_lifecycle egress bench_floor; do
 	"$CLANG" -g -O2 -target bpf -D__TARGET_ARCH_x86 \
 		-I. -I"$arch_include" \
 		-fdebug-prefix-map="$PWD"=. -fno-ident \

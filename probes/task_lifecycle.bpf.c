@@ -35,6 +35,20 @@ int task_fork(unsigned long long *ctx)
 	return 0;
 }
 
+/* Keeps CURRENT_CONFINED for the task being switched in; see aa_policy.h.
+ * `next` is a BTF pointer, so the unconfined path needs no helper call. */
+SEC("tp_btf/sched_switch")
+int task_switch(unsigned long long *ctx)
+{
+	struct task_struct *next = (struct task_struct *)ctx[2];
+	__u32 zero = 0;
+	__u32 *confined = bpf_map_lookup_elem(&CURRENT_CONFINED, &zero);
+	if (!confined)
+		return 0;
+	*confined = next->bpf_storage && bpf_task_storage_get(&TASK_MARK, next, 0, 0);
+	return 0;
+}
+
 /* Fires for every exiting thread; `group_dead` is set for the last one. */
 SEC("tp_btf/sched_process_exit")
 int task_exit(unsigned long long *ctx)

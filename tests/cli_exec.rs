@@ -32,13 +32,30 @@ impl Drop for PinDir {
 #[test]
 fn exec_exits_with_the_command_status_or_128_plus_the_signal() {
     // Opening a loader here only decides skip-or-fail; exec opens its own.
-    let Some(probe) = support::kernel_test("cli_exec_probe") else { return };
+    let Some(probe) = support::kernel_test("cli_exec_probe") else {
+        return;
+    };
     drop(probe);
     let pins = PinDir(support::unique_pin_dir("cli_exec"));
     let pin_dir = pins.0.display().to_string();
 
-    let out = aa(&["exec", "--pin-dir", &pin_dir, "--policy", &default_policy(), "--", "sh", "-c", "exit 3"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = aa(&[
+        "exec",
+        "--pin-dir",
+        &pin_dir,
+        "--policy",
+        &default_policy(),
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let dir = tempfile::tempdir().expect("temp dir");
     let no_write = dir.path().join("no-write.yaml");
@@ -49,13 +66,30 @@ fn exec_exits_with_the_command_status_or_128_plus_the_signal() {
         .concat();
     let text = text.replace("      - \"@basic-io\"\n", &basic_io_without_write);
     std::fs::write(&no_write, text).expect("write policy");
-    let out = aa(&["exec", "--pin-dir", &pin_dir, "--policy", &no_write.display().to_string(), "--", "sh", "-c", "echo hi"]);
+    let out = aa(&[
+        "exec",
+        "--pin-dir",
+        &pin_dir,
+        "--policy",
+        &no_write.display().to_string(),
+        "--",
+        "sh",
+        "-c",
+        "echo hi",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + 9), "{stderr}");
-    assert!(stderr.contains("denied syscall write (1): killed"), "{stderr}");
+    assert!(
+        stderr.contains("denied syscall write (1): killed"),
+        "{stderr}"
+    );
 
     let out = aa(&["unload", "--pin-dir", &pin_dir]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!pins.0.exists(), "unload removed the pin dir");
 }
 
@@ -75,11 +109,26 @@ fn exec_without_privileges_says_what_is_missing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let policy = dir.path().join("p.yaml");
     std::fs::copy(default_policy(), &policy).expect("copy policy");
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(env!("CARGO_BIN_EXE_aa-policyd"))
-        .args(["exec", "--pin-dir", "/sys/fs/bpf/aa-test-unprivileged", "--policy"])
+        .args([
+            "exec",
+            "--pin-dir",
+            "/sys/fs/bpf/aa-test-unprivileged",
+            "--policy",
+        ])
         .arg(&policy)
         .args(["--", "true"])
         .output()

@@ -216,6 +216,39 @@ fn confining_a_running_multithreaded_process_marks_every_thread() {
 }
 
 #[test]
+fn a_busy_process_confined_while_running_is_enforced_on_every_thread() {
+    let Some(mut t) = kernel_test("running_enforced") else {
+        return;
+    };
+    t.apply_rules(&default_rules()).expect("apply");
+    let script = "import os, threading\n\
+                  def spin():\n    while True: os.getppid()\n\
+                  for _ in range(2): threading.Thread(target=spin, daemon=True).start()\n\
+                  spin()\n";
+    let mut plain = Plain(
+        Command::new("python3")
+            .args(["-c", script])
+            .spawn()
+            .expect("start python"),
+    );
+    let pid = plain.0.id();
+    assert!(
+        eventually(|| process_threads(pid).len() >= 3),
+        "python started its threads"
+    );
+    t.loader.confine(pid).expect("confine a running process");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(process_alive(pid), "getppid is allowed: it keeps running");
+    t.apply_rules(&without_syscall(default_rules(), "getppid"))
+        .expect("remove getppid");
+    let status = plain.0.wait().expect("wait");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(SIGKILL)
+    );
+}
+
+#[test]
 fn egress_outside_the_allowlist_gets_eperm_for_confined_processes_only() {
     let Some(mut t) = kernel_test("egress") else {
         return;
@@ -383,7 +416,7 @@ fn enforcement_survives_the_loader_and_a_new_loader_adopts_without_attaching_twi
         &format!("read x < {}; echo after", fifo.display()),
     ]);
     let links_before = t.loader.attached_links().expect("links");
-    assert_eq!(links_before.len(), 8, "eight hooks attached");
+    assert_eq!(links_before.len(), 9, "nine hooks attached");
     let generation = t.loader.applied().expect("applied").generation;
 
     // The loader goes away, every fd closed, as when its process exits; a
@@ -406,7 +439,7 @@ fn enforcement_survives_the_loader_and_a_new_loader_adopts_without_attaching_twi
         .filter_map(Result::ok)
         .filter(|link| attached_programs.contains(&link.program_id()))
         .count();
-    assert_eq!(kernel_links, 8, "one kernel link per hook");
+    assert_eq!(kernel_links, 9, "one kernel link per hook");
     assert_eq!(second.wait(), ExitStatus::Exited(0));
 }
 

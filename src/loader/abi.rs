@@ -9,7 +9,7 @@
 use crate::ruleset::SYSCALL_BITMAP_BITS;
 
 /// Part of every pin path: a new layout never reuses an old pin.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub const MODE_ENFORCE: u32 = 0;
 pub const MODE_AUDIT: u32 = 1;

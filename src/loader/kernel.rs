@@ -58,11 +58,12 @@ const OBJECTS: [(&str, &[u8]); 3] = [
     ("egress", EGRESS_OBJ),
 ];
 
-const MAPS: [&str; 9] = [
+const MAPS: [&str; 10] = [
     "ACTIVE",
     "GENERATIONS",
     "TASK_MARK",
     "CONFINED",
+    "CURRENT_CONFINED",
     "EGRESS4",
     "EGRESS6",
     "PATHS",
@@ -79,8 +80,10 @@ enum Attach {
 }
 
 /// Every program, its object and how it attaches. Lifecycle hooks come
-/// first so that marks propagate before the guard can kill anything.
-const HOOKS: [(usize, &str, Attach); 8] = [
+/// first so that marks propagate, and the per-CPU flag is kept, before the
+/// guard reads them; detaching goes in reverse.
+const HOOKS: [(usize, &str, Attach); 9] = [
+    (1, "task_switch", Attach::Tracing("sched_switch")),
     (1, "task_fork", Attach::Tracing("sched_process_fork")),
     (1, "task_exit", Attach::Tracing("sched_process_exit")),
     (1, "task_exec", Attach::Tracing("sched_process_exec")),
