@@ -304,26 +304,41 @@ fn egress_outside_the_allowlist_gets_eperm_for_confined_processes_only() {
     // Egress mode "unrestricted" (no network section) lets everything through.
     let mut open_rules = default_rules();
     open_rules.egress = aa_policyd::ruleset::EgressRules::default();
-    t.apply_rules(&open_rules).expect("apply unrestricted egress");
-    assert_eq!(t.spawn(&["python3", "-c", &wrapped]).wait(), ExitStatus::Exited(0));
+    t.apply_rules(&open_rules)
+        .expect("apply unrestricted egress");
+    assert_eq!(
+        t.spawn(&["python3", "-c", &wrapped]).wait(),
+        ExitStatus::Exited(0)
+    );
     let confined = std::fs::read_to_string(&out_path).expect("confined output");
-    assert_eq!(confined.split_whitespace().collect::<Vec<_>>(), ["OK", "OK", "OK", "OK"]);
+    assert_eq!(
+        confined.split_whitespace().collect::<Vec<_>>(),
+        ["OK", "OK", "OK", "OK"]
+    );
 }
 
 #[test]
 fn a_confined_child_holds_no_bpf_file_descriptors() {
-    let Some(mut t) = kernel_test("no_bpf_fds") else { return };
+    let Some(mut t) = kernel_test("no_bpf_fds") else {
+        return;
+    };
     t.apply_rules(&default_rules()).expect("apply");
     let child = t.spawn(&["sleep", "2"]);
     let pid = child.pid();
-    assert!(eventually(|| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))));
+    assert!(eventually(|| std::fs::read_link(format!(
+        "/proc/{pid}/exe"
+    ))
+    .is_ok_and(|p| p.ends_with("sleep"))));
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fd dir")
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .map(|target| target.display().to_string())
         .collect();
     assert!(!fds.is_empty(), "stdio is inherited");
-    assert!(fds.iter().all(|fd| !fd.contains("bpf")), "no BPF fd in the confined child: {fds:?}");
+    assert!(
+        fds.iter().all(|fd| !fd.contains("bpf")),
+        "no BPF fd in the confined child: {fds:?}"
+    );
     drop(child);
 }
 
