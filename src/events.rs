@@ -146,3 +146,90 @@ impl fmt::Display for Event {
         }
     }
 }
+
+impl Event {
+    /// The destination of a denied connect, for the `DEST` log field.
+    pub fn destination(&self) -> Option<String> {
+        match &self.kind {
+            EventKind::DeniedConnect { destination } => Some(destination.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Logs the event with structured fields (`AA_EVENT`, `PID`, `COMM`,
+    /// `SYSCALL`, `DEST` in journald).
+    pub fn log(&self) {
+        let (aa_event, pid, comm) = (self.kind_name(), self.pid, self.comm.as_str());
+        match self.kind {
+            EventKind::Exec { .. } | EventKind::Exit => {
+                tracing::info!(aa_event, pid, comm, "{self}")
+            }
+            EventKind::DeniedSyscall { .. } => {
+                tracing::warn!(
+                    aa_event,
+                    pid,
+                    comm,
+                    syscall = self.syscall().as_deref(),
+                    "{self}"
+                )
+            }
+            EventKind::DeniedConnect { .. } => {
+                tracing::warn!(
+                    aa_event,
+                    pid,
+                    comm,
+                    dest = self.destination().as_deref(),
+                    "{self}"
+                )
+            }
+        }
+    }
+}
+
+/// Logs every event, up to `per_second` a second; beyond that, counts them
+/// and logs how many were suppressed once the flood's second is over.
+pub struct RateLimitedLog {
+    per_second: u32,
+    window_start: std::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    pub fn new(per_second: u32) -> Self {
+        RateLimitedLog {
+            per_second,
+            window_start: std::time::Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    pub fn log(&mut self, event: &Event) {
+        self.roll_window();
+        if self.logged < self.per_second {
+            self.logged += 1;
+            event.log();
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    /// Ends the current second if it is over, reporting what was suppressed.
+    pub fn roll_window(&mut self) {
+        if self.window_start.elapsed() < std::time::Duration::from_secs(1) {
+            return;
+        }
+        if self.suppressed > 0 {
+            tracing::warn!(
+                aa_event = "suppressed",
+                suppressed = self.suppressed,
+                "{} events were not logged in the last second (flood); `aa-policyd status` shows ring-buffer drops",
+                self.suppressed
+            );
+        }
+        self.window_start = std::time::Instant::now();
+        self.logged = 0;
+        self.suppressed = 0;
+    }
+}

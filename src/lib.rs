@@ -6,11 +6,18 @@
 //! against the rules in force → [`guard`] → the loader applies the ops.
 //! Everything in this crate up to the loader is pure: values in, values out.
 
+pub mod control;
+pub mod daemon;
 pub mod delta;
 pub mod events;
 pub mod guard;
+pub mod lifecycle;
 pub mod loader;
+pub mod logging;
 pub mod lower;
 pub mod policy;
+pub mod reconcile;
+pub mod remote_watch;
 pub mod report;
 pub mod ruleset;
+pub mod watch;

@@ -305,7 +305,7 @@ fn warnings_for(rules: &RuleSet, arch: Arch) -> Vec<String> {
 }
 
 /// Counts for the human summary and `status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RuleCounts {
     pub syscalls: Option<usize>,
     pub path_rules: BTreeMap<String, usize>,

@@ -456,6 +456,29 @@ fn mask_addr(addr: IpAddr, prefix_len: u8) -> IpAddr {
     }
 }
 
+impl FromStr for IpCidr {
+    type Err = String;
+    /// `addr/len` or a bare address (a single host).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = match s.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an IP address"))?;
+        match len {
+            Some(len) => {
+                let len: u8 = len
+                    .parse()
+                    .map_err(|_| format!("`/{len}` is not a prefix length"))?;
+                IpCidr::new(addr, len)
+            }
+            None => Ok(IpCidr::host(addr)),
+        }
+    }
+}
+
 impl fmt::Display for IpCidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)

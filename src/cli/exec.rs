@@ -60,13 +60,24 @@ pub fn run(policy_path: &Path, pin_dir: &Path, argv: &[OsString]) -> anyhow::Res
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
 }
 
+/// `exec` without --policy: the daemon confines, we fork and wait, so the
+/// command inherits this shell's environment, not the daemon's sandbox.
+pub fn through_daemon(socket: &Path, argv: &[OsString]) -> anyhow::Result<ExitCode> {
+    let mut client = aa_policyd::control::client::Client::connect(socket)
+        .context("exec without --policy goes through the daemon")?;
+    let child = aa_policyd::loader::process::spawn_stopped(argv)?;
+    client.request(&aa_policyd::control::wire::Request::Confine { pid: child.pid() })?;
+    let status = child.resume().wait()?;
+    Ok(ExitCode::from(u8::try_from(status.code()).unwrap_or(255)))
+}
+
 /// Logs each event until `done`, then drains what is left.
 fn stream_events(mut ring: aya::maps::RingBuf<aya::maps::MapData>, done: &AtomicBool) {
     loop {
         let finishing = done.load(Ordering::Relaxed);
         while let Some(item) = ring.next() {
             if let Some(event) = Event::decode(&item) {
-                log_event(&event);
+                event.log();
             }
         }
         if finishing {
@@ -79,17 +90,5 @@ fn stream_events(mut ring: aya::maps::RingBuf<aya::maps::MapData>, done: &Atomic
         };
         // SAFETY: one valid pollfd; a 50 ms timeout re-checks `done`.
         unsafe { libc::poll(&mut pollfd, 1, 50) };
-    }
-}
-
-fn log_event(event: &Event) {
-    let kind = event.kind_name();
-    match event.kind {
-        aa_policyd::events::EventKind::Exec { .. } | aa_policyd::events::EventKind::Exit => {
-            tracing::info!(aa_event = kind, pid = event.pid, comm = %event.comm, "{event}")
-        }
-        _ => {
-            tracing::warn!(aa_event = kind, pid = event.pid, comm = %event.comm, syscall = event.syscall(), "{event}")
-        }
     }
 }

@@ -5,14 +5,21 @@
 //! safety guard refuses.
 
 mod check;
+mod confine;
 mod diff;
 mod exec;
+mod run;
+mod status;
 mod unload;
+mod watch;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use aa_policyd::control::DEFAULT_SOCKET;
+use aa_policyd::daemon::RunOptions;
 use aa_policyd::loader::kernel::DEFAULT_PIN_DIR;
 use aa_policyd::ruleset::Arch;
 use clap::{Parser, Subcommand};
@@ -62,18 +69,80 @@ enum Command {
         /// The proposed policy.
         new: PathBuf,
     },
-    /// Run CMD confined by POLICY, standalone; exits with CMD's status
-    /// (128 + signal when killed). Deny events go to stderr.
+    /// Run CMD confined; exits with CMD's status (128 + signal when
+    /// killed). With --policy: standalone (loads the probes itself, events on
+    /// stderr). Without: through the running daemon, under its policy.
     Exec {
-        /// The policy to enforce.
+        /// Enforce this policy standalone instead of asking the daemon.
         #[arg(long)]
-        policy: PathBuf,
-        /// Where the probes' maps and links are pinned.
+        policy: Option<PathBuf>,
+        /// Where the probes' maps and links are pinned (standalone).
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
         /// The command and its arguments.
         #[arg(last = true, required = true, num_args = 1..)]
         command: Vec<OsString>,
+    },
+    /// The daemon: enforce POLICY, apply every valid save of it, serve the
+    /// control socket. SIGHUP reloads; SIGTERM stops (enforcement stays
+    /// pinned while processes are confined).
+    Run {
+        /// The policy file to enforce and watch.
+        #[arg(long, default_value = "/etc/agent-assembly/policy.yaml")]
+        policy: PathBuf,
+        /// The control socket.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Where the probes' maps and links are pinned.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Do not watch the file (a remote `aa-policyd watch` sends changes).
+        #[arg(long)]
+        no_watch: bool,
+        /// Seconds between the safety-net hash checks of the policy file.
+        #[arg(long, default_value_t = 60)]
+        check_interval: u64,
+    },
+    /// Watch POLICY and send its changes to a daemon started with --no-watch
+    /// (needs no BPF privileges, only access to the socket).
+    Watch {
+        /// The policy file to watch.
+        #[arg(long, default_value = "/etc/agent-assembly/policy.yaml")]
+        policy: PathBuf,
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Seconds between the safety-net hash checks of the policy file.
+        #[arg(long, default_value_t = 60)]
+        check_interval: u64,
+    },
+    /// Show what the daemon enforces, who is confined, and the last reload.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Confine a running process (all its threads) and its future children.
+    Confine {
+        /// The process id.
+        pid: u32,
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Release a confined process (children it already has stay confined).
+    Release {
+        /// The process id.
+        pid: u32,
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Remove every program, link, map and pin aa-policyd created under
     /// the pin dir (stops enforcement for everything confined through it).
@@ -99,10 +168,38 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             new,
         } => diff::run(&old, &new, arch, confined, json),
         Command::Exec {
-            policy,
+            policy: Some(policy),
             pin_dir,
             command,
+            ..
         } => exec::run(&policy, &pin_dir, &command),
+        Command::Exec {
+            policy: None,
+            socket,
+            command,
+            ..
+        } => exec::through_daemon(&socket, &command),
         Command::Unload { pin_dir } => unload::run(&pin_dir),
+        Command::Run {
+            policy,
+            socket,
+            pin_dir,
+            no_watch,
+            check_interval,
+        } => run::run(&RunOptions {
+            policy,
+            socket,
+            pin_dir,
+            watch: !no_watch,
+            periodic_check: Duration::from_secs(check_interval.max(1)),
+        }),
+        Command::Watch {
+            policy,
+            socket,
+            check_interval,
+        } => watch::run(&policy, &socket, Duration::from_secs(check_interval.max(1))),
+        Command::Status { json, socket } => status::run(&socket, json),
+        Command::Confine { pid, socket } => confine::confine(&socket, pid),
+        Command::Release { pid, socket } => confine::release(&socket, pid),
     }
 }

@@ -185,14 +185,37 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Starts `argv` confined from its first instruction: the child stops
-/// itself before exec, the loader marks it, then it continues and execs.
-/// The child holds no BPF fds once it runs the program: the loader's fds are
-/// close-on-exec (the kernel creates them so).
-pub fn spawn_confined(
-    loader: &mut dyn Loader,
-    argv: &[OsString],
-) -> Result<ConfinedChild, LoaderError> {
+/// A child that stopped itself right before exec.
+#[derive(Debug)]
+pub struct StoppedChild {
+    pid: u32,
+}
+
+impl StoppedChild {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Lets the child exec its program.
+    pub fn resume(self) -> ConfinedChild {
+        // SAFETY: signalling our own stopped, unreaped child.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGCONT) };
+        let child = ConfinedChild { pid: self.pid };
+        std::mem::forget(self);
+        child
+    }
+}
+
+impl Drop for StoppedChild {
+    /// A child that was never resumed (confinement failed) must not run.
+    fn drop(&mut self) {
+        kill_and_reap(self.pid);
+    }
+}
+
+/// Forks a child that stops itself before exec'ing `argv`, and waits until
+/// it has stopped. Nothing of `argv` runs until `resume`.
+pub fn spawn_stopped(argv: &[OsString]) -> Result<StoppedChild, LoaderError> {
     let program = argv
         .first()
         .ok_or_else(|| process_err(0, "no command given"))?;
@@ -226,22 +249,27 @@ pub fn spawn_confined(
             libc::_exit(127);
         }
     }
-    let pid = pid as u32;
-    let child = ConfinedChild { pid };
+    let child = StoppedChild { pid: pid as u32 };
     let mut status = 0;
     // SAFETY: waitpid on our own child.
-    let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WUNTRACED) };
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
     if rc < 0 || !libc::WIFSTOPPED(status) {
-        kill_and_reap(pid);
-        return Err(process_err(pid, "the child did not stop before exec"));
+        return Err(process_err(child.pid, "the child did not stop before exec"));
     }
-    if let Err(error) = loader.confine(pid) {
-        kill_and_reap(pid);
-        return Err(error);
-    }
-    // SAFETY: signalling our own stopped child, not yet reaped.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
     Ok(child)
+}
+
+/// Starts `argv` confined from its first instruction: the child stops
+/// itself before exec, `loader` marks it, then it continues and execs.
+/// The child holds no BPF fds once it runs the program: the loader's fds are
+/// close-on-exec (the kernel creates them so).
+pub fn spawn_confined(
+    loader: &mut dyn Loader,
+    argv: &[OsString],
+) -> Result<ConfinedChild, LoaderError> {
+    let child = spawn_stopped(argv)?;
+    loader.confine(child.pid())?;
+    Ok(child.resume())
 }
 
 fn kill_and_reap(pid: u32) {

@@ -155,6 +155,12 @@ fn from_yaml<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
 }
 
+/// Reads a policy file's bytes, refusing (without reading further) a file
+/// over the size limit. `Policy::parse_bytes` then validates them.
+pub fn read_policy_file(path: &Path) -> Result<Vec<u8>, PolicyError> {
+    read_bounded(path)
+}
+
 /// Reads at most one byte past the limit, so a huge or endless file (a FIFO,
 /// `/dev/zero`) costs nothing before it is refused.
 fn read_bounded(path: &Path) -> Result<Vec<u8>, PolicyError> {

@@ -1,0 +1,130 @@
+//! Who is on the other end of the control socket, and may they act.
+//!
+//! Why this exists: the socket can confine and release processes and change
+//! the policy, so every connection's credentials are checked as the kernel
+//! recorded them at connect time (SO_PEERCRED, SO_PEERGROUPS), not as the
+//! client claims them. Root and members of `aa-policy` may act; anyone else
+//! is told so and disconnected. The file mode (0660, root:aa-policy) is the
+//! first line; this check is the second.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// The credentials of a connected peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: Option<u32>,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl Peer {
+    /// Reads the peer's credentials from a connected Unix socket.
+    pub fn of(socket: &impl AsRawFd) -> io::Result<Peer> {
+        let fd = socket.as_raw_fd();
+        // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+        let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Peer {
+            pid: u32::try_from(cred.pid).ok().filter(|&p| p > 0),
+            uid: cred.uid,
+            gid: cred.gid,
+            groups: peer_groups(fd)?,
+        })
+    }
+
+    /// Whether this peer may use the socket: root, or a member of `group`.
+    pub fn authorized(&self, group: Option<u32>) -> bool {
+        self.uid == 0 || group.is_some_and(|g| self.gid == g || self.groups.contains(&g))
+    }
+}
+
+/// SO_PEERGROUPS: the peer's supplementary groups at connect time.
+fn peer_groups(fd: i32) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: the buffer holds `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            groups.truncate(len as usize / std::mem::size_of::<u32>());
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ERANGE) && groups.len() < 65536 {
+            groups.resize(groups.len() * 4, 0);
+            continue;
+        }
+        return Err(error);
+    }
+}
+
+/// The id of group `name`, through NSS like every other tool.
+pub fn group_id(name: &str) -> Option<u32> {
+    let c_name = CString::new(name).ok()?;
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes into `group` and `buffer` only.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut group,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(group.gr_gid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_and_group_members_are_authorized_others_are_not() {
+        let peer = |uid, gid, groups: &[u32]| Peer {
+            pid: None,
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        };
+        assert!(peer(0, 0, &[]).authorized(None));
+        assert!(peer(1000, 999, &[]).authorized(Some(999)));
+        assert!(peer(1000, 1000, &[5, 999]).authorized(Some(999)));
+        assert!(!peer(1000, 1000, &[5]).authorized(Some(999)));
+        assert!(!peer(1000, 1000, &[5]).authorized(None));
+    }
+
+    #[test]
+    fn our_own_credentials_are_read_from_a_socket_pair() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let peer = Peer::of(&a).unwrap();
+        assert_eq!(peer.pid, Some(std::process::id()));
+        // SAFETY: getuid cannot fail.
+        assert_eq!(peer.uid, unsafe { libc::getuid() });
+    }
+}

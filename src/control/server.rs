@@ -1,0 +1,248 @@
+//! The daemon side of the control socket.
+//!
+//! Why this exists: it turns frames from many clients into `Command`s for
+//! the one reconcile loop, without letting any client hold up another:
+//! every connection is its own task, every read and write has a timeout, a
+//! malformed or oversize frame ends only that connection, and `status` is
+//! served from the published snapshot without queueing behind a reload.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::timeout;
+
+use super::CONTROL_GROUP;
+use super::frame::{FrameDecoder, read_frame, write_frame};
+use super::peer::{Peer, group_id};
+use super::wire::{
+    PROTOCOL_VERSION, Request, Response, StatusReport, WireEvent, WireRuleSet, delta_from_wire,
+};
+use crate::reconcile::Command;
+
+/// How long a client may take to send one whole frame.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may stay silent between requests.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the reconcile loop may take to answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every connection needs.
+pub struct ServerContext {
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub status: Arc<ArcSwap<StatusReport>>,
+    pub events: broadcast::Sender<WireEvent>,
+    pub group: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another daemon is already listening on {0}")]
+    InUse(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the socket: removes a stale one (nobody listening), refuses a live
+/// one, sets mode 0660 and group `aa-policy` when that group exists.
+pub fn bind(path: &Path) -> Result<(UnixListener, Option<u32>), BindError> {
+    let io = |context: String| move |source| BindError::Io { context, source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(BindError::InUse(path.display().to_string()));
+        }
+        std::fs::remove_file(path)
+            .map_err(io(format!("removing stale socket {}", path.display())))?;
+    }
+    let listener = UnixListener::bind(path).map_err(io(format!("binding {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(io(format!("chmod 0660 {}", path.display())))?;
+    let group = group_id(CONTROL_GROUP);
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, Some(0), Some(gid))
+            .map_err(io(format!("chown root:{CONTROL_GROUP} {}", path.display())))?;
+    }
+    Ok((listener, group))
+}
+
+/// Accepts connections forever.
+pub async fn serve(listener: UnixListener, context: Arc<ServerContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let context = Arc::clone(&context);
+                tokio::spawn(async move {
+                    if let Err(error) = handle(stream, &context).await {
+                        tracing::debug!("control connection ended: {error}");
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!("accepting a control connection failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn send(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    response: &Response,
+) -> Result<(), String> {
+    let bytes = serde_json::to_vec(response).map_err(|e| e.to_string())?;
+    match timeout(REQUEST_TIMEOUT, write_frame(writer, &bytes)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("client did not read its response in time".into()),
+    }
+}
+
+fn error(message: impl Into<String>) -> Response {
+    Response::Error {
+        message: message.into(),
+    }
+}
+
+async fn ask<T>(
+    context: &ServerContext,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, String> {
+    let (reply, answer) = oneshot::channel();
+    context
+        .commands
+        .send(make(reply))
+        .map_err(|_| "the daemon is shutting down".to_owned())?;
+    match timeout(COMMAND_TIMEOUT, answer).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err("the daemon is shutting down".into()),
+        Err(_) => Err("the daemon did not answer in time".into()),
+    }
+}
+
+async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), String> {
+    let peer = Peer::of(&stream).map_err(|e| format!("reading peer credentials: {e}"))?;
+    let (mut reader, mut writer) = stream.into_split();
+    if !peer.authorized(context.group) {
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "refused a control connection from uid {}",
+            peer.uid
+        );
+        let message = format!(
+            "permission denied: uid {} is neither root nor a member of group {CONTROL_GROUP}",
+            peer.uid
+        );
+        return send(&mut writer, &error(message)).await;
+    }
+    let mut decoder = FrameDecoder::default();
+    let mut first = true;
+    loop {
+        let limit = if first { REQUEST_TIMEOUT } else { IDLE_TIMEOUT };
+        let frame = match timeout(limit, read_frame(&mut reader, &mut decoder)).await {
+            Err(_) => return send(&mut writer, &error("timed out waiting for a request")).await,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return send(&mut writer, &error(format!("bad frame: {e}"))).await,
+            Ok(Ok(Some(frame))) => frame,
+        };
+        let request: Request = match serde_json::from_slice(&frame) {
+            Ok(request) => request,
+            Err(e) => return send(&mut writer, &error(format!("invalid request: {e}"))).await,
+        };
+        if first {
+            first = false;
+            match request {
+                Request::Hello { version } if version == PROTOCOL_VERSION => {
+                    let hello = Response::Hello {
+                        version: PROTOCOL_VERSION,
+                        daemon: env!("CARGO_PKG_VERSION").to_owned(),
+                    };
+                    send(&mut writer, &hello).await?;
+                    continue;
+                }
+                Request::Hello { version } => {
+                    let message = format!(
+                        "protocol version {version} is not supported (this daemon speaks {PROTOCOL_VERSION})"
+                    );
+                    return send(&mut writer, &error(message)).await;
+                }
+                _ => return send(&mut writer, &error("the first request must be hello")).await,
+            }
+        }
+        let response = match request {
+            Request::Hello { .. } => error("hello was already done"),
+            Request::Status => {
+                Response::Status(Box::new(StatusReport::clone(&context.status.load())))
+            }
+            Request::Confine { pid } => {
+                match ask(context, |reply| Command::Confine { pid, reply }).await {
+                    Ok(Ok(())) => Response::Done,
+                    Ok(Err(e)) | Err(e) => error(e),
+                }
+            }
+            Request::Release { pid } => {
+                match ask(context, |reply| Command::Release { pid, reply }).await {
+                    Ok(Ok(())) => Response::Done,
+                    Ok(Err(e)) | Err(e) => error(e),
+                }
+            }
+            Request::Applied => match ask(context, |reply| Command::Applied { reply }).await {
+                Ok(Ok((generation, rules))) => Response::Applied {
+                    generation,
+                    rules: WireRuleSet::from(&rules),
+                },
+                Ok(Err(e)) | Err(e) => error(e),
+            },
+            Request::ApplyDelta { ops, source } => match delta_from_wire(&ops) {
+                Err(e) => error(format!("invalid delta: {e}")),
+                Ok(delta) => match ask(context, |reply| Command::ApplyRemote {
+                    delta,
+                    source,
+                    reply,
+                })
+                .await
+                {
+                    Ok(record) => Response::Reload(record),
+                    Err(e) => error(e),
+                },
+            },
+            Request::Subscribe => {
+                send(&mut writer, &Response::Done).await?;
+                return stream_events(&mut writer, context.events.subscribe()).await;
+            }
+        };
+        send(&mut writer, &response).await?;
+    }
+}
+
+async fn stream_events(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    mut events: broadcast::Receiver<WireEvent>,
+) -> Result<(), String> {
+    loop {
+        match events.recv().await {
+            Ok(event) => send(writer, &Response::Event(event)).await?,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                send(
+                    writer,
+                    &error(format!(
+                        "{missed} events were dropped for this slow subscriber"
+                    )),
+                )
+                .await?;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}

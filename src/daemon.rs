@@ -1,0 +1,217 @@
+//! `aa-policyd run`: wires the reconcile loop, the watcher, the probe event
+//! reader, the control socket and the signals together, and shuts them down
+//! in order.
+//!
+//! Why this exists apart from `reconcile`: the loop is the policy logic;
+//! this file is only plumbing — which thread runs what, and what happens on
+//! SIGHUP, SIGTERM and SIGINT.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::control::server::{self, BindError, ServerContext};
+use crate::control::wire::WireEvent;
+use crate::events::{Event, EventKind, RateLimitedLog};
+use crate::lifecycle;
+use crate::loader::LoaderError;
+use crate::loader::kernel::KernelLoader;
+use crate::reconcile::{Command, Reconciler, StartError, Trigger};
+use crate::watch::{self, WatchError};
+
+/// How `run` was asked to behave.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub policy: PathBuf,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    /// Watch the policy file (off for a daemon driven by `aa-policyd watch`).
+    pub watch: bool,
+    /// The slow periodic hash check.
+    pub periodic_check: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Loader(#[from] LoaderError),
+    #[error("{0}")]
+    Start(#[from] StartError),
+    #[error("control socket: {0}")]
+    Bind(#[from] BindError),
+    #[error("{0}")]
+    Watch(#[from] WatchError),
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Events kept for slow subscribers before they start missing some.
+const SUBSCRIBER_BACKLOG: usize = 4096;
+/// Deny events logged per second before the rest are counted instead.
+const EVENTS_LOGGED_PER_SECOND: u32 = 200;
+
+pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
+    let mut loader = KernelLoader::open(&options.pin_dir)?;
+    let ring = loader.take_events();
+    let mut reconciler = Reconciler::new(loader, &options.policy, options.watch)?;
+    reconciler.start()?;
+    let status = reconciler.status_handle();
+
+    let (commands, queue) = mpsc::unbounded_channel();
+    let (events, _) = broadcast::channel(SUBSCRIBER_BACKLOG);
+    let loop_thread = std::thread::Builder::new()
+        .name("reconcile".into())
+        .spawn(move || reconciler.run(queue))
+        .map_err(|source| DaemonError::Io {
+            context: "starting the reconcile thread",
+            source,
+        })?;
+    if let Some(ring) = ring {
+        let (events, commands) = (events.clone(), commands.clone());
+        std::thread::Builder::new()
+            .name("probe-events".into())
+            .spawn(move || read_events(ring, &events, &commands))
+            .map_err(|source| DaemonError::Io {
+                context: "starting the event reader",
+                source,
+            })?;
+    }
+    let _watch = if options.watch {
+        let commands = commands.clone();
+        Some(watch::spawn(
+            &options.policy,
+            options.periodic_check,
+            move |trigger| {
+                let _ = commands.send(Command::Reload(trigger));
+            },
+        )?)
+    } else {
+        None
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| DaemonError::Io {
+            context: "starting the async runtime",
+            source,
+        })?;
+    let result = runtime.block_on(serve_until_signalled(
+        options,
+        commands.clone(),
+        status,
+        events,
+    ));
+    lifecycle::stopping();
+    let _ = std::fs::remove_file(&options.socket);
+    let (reply, done) = oneshot::channel();
+    if commands.send(Command::Shutdown { reply }).is_ok() {
+        // The loop finishes the reload in flight before it answers.
+        let _ = done.blocking_recv();
+    }
+    let _ = loop_thread.join();
+    result
+}
+
+async fn serve_until_signalled(
+    options: &RunOptions,
+    commands: mpsc::UnboundedSender<Command>,
+    status: Arc<arc_swap::ArcSwap<crate::control::wire::StatusReport>>,
+    events: broadcast::Sender<WireEvent>,
+) -> Result<(), DaemonError> {
+    let signal_err = |source| DaemonError::Io {
+        context: "installing signal handlers",
+        source,
+    };
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_err)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_err)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    let (listener, group) = server::bind(&options.socket)?;
+    let context = Arc::new(ServerContext {
+        commands: commands.clone(),
+        status: Arc::clone(&status),
+        events,
+        group,
+    });
+    let summary = {
+        let status = status.load();
+        format!(
+            "generation {}, enforcing {}",
+            status.generation,
+            options.policy.display()
+        )
+    };
+    tracing::info!(
+        generation = status.load().generation,
+        policy_path = %options.policy.display(),
+        "ready: {summary}; control socket {}",
+        options.socket.display()
+    );
+    lifecycle::ready(&summary);
+    let server = tokio::spawn(server::serve(listener, context));
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", options.policy.display());
+                let _ = commands.send(Command::Reload(Trigger::Signal));
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    server.abort();
+    Ok(())
+}
+
+/// Reads probe events until the process ends: logs them (rate-limited),
+/// passes them to subscribers, and tells the loop when a confined process
+/// exits so idle hooks can be detached.
+fn read_events(
+    mut ring: RingBuf<MapData>,
+    events: &broadcast::Sender<WireEvent>,
+    commands: &mpsc::UnboundedSender<Command>,
+) {
+    let mut log = RateLimitedLog::new(EVENTS_LOGGED_PER_SECOND);
+    loop {
+        let mut exited = false;
+        while let Some(item) = ring.next() {
+            let Some(event) = Event::decode(&item) else {
+                continue;
+            };
+            log.log(&event);
+            exited |= event.kind == EventKind::Exit;
+            let _ = events.send(WireEvent {
+                kind: event.kind_name().to_owned(),
+                pid: event.pid,
+                comm: event.comm.clone(),
+                mode: event.mode,
+                message: event.to_string(),
+            });
+        }
+        if exited && commands.send(Command::ProcessExited).is_err() {
+            return;
+        }
+        log.roll_window();
+        let mut pollfd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the timeout lets suppressed counts flush.
+        unsafe { libc::poll(&mut pollfd, 1, 500) };
+    }
+}
+
+/// Whether a daemon answers on `socket`.
+pub fn is_running(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}

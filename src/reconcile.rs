@@ -1,0 +1,567 @@
+//! The reconcile loop: read → parse → lower → diff against the kernel →
+//! guard → apply → publish.
+//!
+//! Why this exists: reloads, confine requests and remote deltas all change
+//! what the kernel enforces, so one thread owns the loader and runs them one
+//! at a time, in arrival order. Everyone else talks to it through
+//! `Command`s and reads the published `StatusReport` (an `ArcSwap`, so a
+//! `status` request never waits behind a reload).
+//!
+//! # Safety
+//! - The delta is computed against the rules read back from the kernel, not
+//!   against what this loop remembers (invariant 3).
+//! - Invalid, refused or failed reloads change nothing: the previous
+//!   generation stays in force, and status and the log say why (invariant 2).
+//! - An empty allowlist under a confined process is refused here and again
+//!   in the loader (invariant 1).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::control::wire::{DeltaSource, Outcome, ReloadRecord, StatusReport};
+use crate::delta::{Delta, diff};
+use crate::guard;
+use crate::lifecycle;
+use crate::loader::kernel::KernelLoader;
+use crate::loader::{Loader, LoaderError};
+use crate::lower::{RuleCounts, lower};
+use crate::policy::Policy;
+use crate::ruleset::{Arch, RuleSet};
+
+/// Why a reload was started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    /// The watcher saw the file (or its directory) change.
+    FileChange,
+    /// The watcher lost events (inotify overflow): reload unconditionally.
+    Rescan,
+    /// SIGHUP (`systemctl reload`): reload unconditionally.
+    Signal,
+    /// The slow periodic hash check.
+    Periodic,
+    /// A delta sent by a remote watcher (`aa-policyd watch`).
+    Remote,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::FileChange => "file-change",
+            Trigger::Rescan => "rescan",
+            Trigger::Signal => "sighup",
+            Trigger::Periodic => "periodic-check",
+            Trigger::Remote => "remote-watcher",
+        }
+    }
+
+    /// Whether to re-apply even when the file's hash did not change.
+    fn forced(self) -> bool {
+        matches!(self, Trigger::Rescan | Trigger::Signal)
+    }
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+/// What the loop can be asked to do.
+pub enum Command {
+    Reload(Trigger),
+    Confine {
+        pid: u32,
+        reply: Reply<Result<(), String>>,
+    },
+    Release {
+        pid: u32,
+        reply: Reply<Result<(), String>>,
+    },
+    Applied {
+        reply: Reply<Result<(u64, RuleSet), String>>,
+    },
+    ApplyRemote {
+        delta: Delta,
+        source: DeltaSource,
+        reply: Reply<ReloadRecord>,
+    },
+    /// A confined process exited: refresh status, detach idle hooks.
+    ProcessExited,
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// The last policy text that was applied.
+struct GoodPolicy {
+    sha256: String,
+    text: String,
+}
+
+/// Owns the loader; see the module doc.
+pub struct Reconciler {
+    loader: KernelLoader,
+    policy_path: PathBuf,
+    good: Option<GoodPolicy>,
+    rules: RuleSet,
+    generation: u64,
+    last_reload: Option<ReloadRecord>,
+    status: Arc<ArcSwap<StatusReport>>,
+    watching: bool,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Loader(#[from] LoaderError),
+    #[error("the policy cannot be enforced and nothing is pinned to fall back on: {0}")]
+    NoPolicy(String),
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Reconciler {
+    pub fn new(
+        loader: KernelLoader,
+        policy_path: &Path,
+        watching: bool,
+    ) -> Result<Self, LoaderError> {
+        let mut loader = loader;
+        let applied = loader.applied()?;
+        let status = Arc::new(ArcSwap::from_pointee(StatusReport {
+            generation: applied.generation,
+            policy_path: policy_path.display().to_string(),
+            policy_sha256: None,
+            mode: applied.rules.mode,
+            counts: RuleCounts::of(&applied.rules),
+            confined: Vec::new(),
+            hooks_attached: loader.hooks_attached(),
+            last_reload: None,
+            total_map_ops: loader.map_ops(),
+            event_drops: 0,
+            watching,
+        }));
+        Ok(Reconciler {
+            loader,
+            policy_path: policy_path.to_owned(),
+            good: None,
+            rules: applied.rules,
+            generation: applied.generation,
+            last_reload: None,
+            status,
+            watching,
+        })
+    }
+
+    /// The published status, for readers outside the loop.
+    pub fn status_handle(&self) -> Arc<ArcSwap<StatusReport>> {
+        Arc::clone(&self.status)
+    }
+
+    /// The first reload. A policy that cannot be enforced is fatal, unless a
+    /// previous generation is pinned: then that stays in force, and the
+    /// daemon keeps watching for a fixed policy.
+    pub fn start(&mut self) -> Result<ReloadRecord, StartError> {
+        let record = self.reload(Trigger::Startup);
+        if record.outcome == Outcome::Applied || record.outcome == Outcome::Unchanged {
+            return Ok(record);
+        }
+        let error = record.error.clone().unwrap_or_default();
+        if self.generation > 0 {
+            tracing::error!(
+                generation = self.generation,
+                outcome = record.outcome.as_str(),
+                "cannot enforce {} at start ({error}); keeping the pinned generation {} in force",
+                self.policy_path.display(),
+                self.generation
+            );
+            return Ok(record);
+        }
+        Err(StartError::NoPolicy(error))
+    }
+
+    /// Serves commands until `Shutdown` or until every sender is gone.
+    pub fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        while let Some(command) = commands.blocking_recv() {
+            match command {
+                Command::Reload(trigger) => {
+                    self.reload(trigger);
+                }
+                Command::Confine { pid, reply } => {
+                    let result = self.loader.confine(pid).map_err(|e| e.to_string());
+                    match &result {
+                        Ok(()) => tracing::info!(pid, "confined pid {pid}"),
+                        Err(error) => tracing::error!(pid, "refused to confine pid {pid}: {error}"),
+                    }
+                    self.publish();
+                    let _ = reply.send(result);
+                }
+                Command::Release { pid, reply } => {
+                    let result = self.loader.release(pid).map_err(|e| e.to_string());
+                    if result.is_ok() {
+                        tracing::info!(pid, "released pid {pid}");
+                    }
+                    self.publish();
+                    let _ = reply.send(result);
+                }
+                Command::Applied { reply } => {
+                    let result = self
+                        .loader
+                        .applied()
+                        .map(|a| (a.generation, a.rules))
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(result);
+                }
+                Command::ApplyRemote {
+                    delta,
+                    source,
+                    reply,
+                } => {
+                    let record = self.apply_remote(delta, source);
+                    let _ = reply.send(record);
+                }
+                Command::ProcessExited => {
+                    if let Err(error) = self.loader.sync_hooks() {
+                        tracing::warn!("could not detach idle hooks: {error}");
+                    }
+                    self.publish();
+                }
+                Command::Shutdown { reply } => {
+                    self.shut_down();
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+        }
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        let confined = self.loader.confined().map(|c| c.len()).unwrap_or(0);
+        if confined > 0 {
+            tracing::info!(
+                generation = self.generation,
+                "stopping; enforcement stays pinned for the {confined} confined process(es) (`aa-policyd unload` removes it)"
+            );
+        } else {
+            if let Err(error) = self.loader.sync_hooks() {
+                tracing::warn!("could not detach idle hooks: {error}");
+            }
+            tracing::info!(
+                generation = self.generation,
+                "stopping; nothing is confined"
+            );
+        }
+    }
+
+    /// Reads, checks and applies the policy file.
+    pub fn reload(&mut self, trigger: Trigger) -> ReloadRecord {
+        let started = Instant::now();
+        let bytes = match crate::policy::read_policy_file(&self.policy_path) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                return self.finish(
+                    trigger,
+                    started,
+                    Outcome::Invalid,
+                    Some(error.to_string()),
+                    0,
+                    0,
+                    None,
+                );
+            }
+        };
+        let sha256 = sha256_hex(&bytes);
+        let unchanged_file = self.good.as_ref().is_some_and(|g| g.sha256 == sha256);
+        if unchanged_file && !trigger.forced() {
+            return self.finish(trigger, started, Outcome::Unchanged, None, 0, 0, None);
+        }
+        if trigger != Trigger::Startup {
+            lifecycle::reloading();
+        }
+        let record = match Policy::parse_bytes(&bytes, &self.policy_path) {
+            Ok(policy) => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let desired = lower(&policy, Arch::native()).rules;
+                self.apply_desired(trigger, started, desired, GoodPolicy { sha256, text })
+            }
+            // The error already reads `file:line:col: key.path: message`.
+            Err(error) => self.finish(
+                trigger,
+                started,
+                Outcome::Invalid,
+                Some(error.to_string()),
+                0,
+                0,
+                None,
+            ),
+        };
+        if trigger != Trigger::Startup {
+            lifecycle::reloaded(&self.status_line());
+        }
+        record
+    }
+
+    fn apply_remote(&mut self, delta: Delta, source: DeltaSource) -> ReloadRecord {
+        let started = Instant::now();
+        lifecycle::reloading();
+        let good = GoodPolicy {
+            sha256: source.sha256,
+            text: source.text,
+        };
+        // The delta is applied on top of the rules read back from the
+        // kernel, then re-diffed: a watcher with a stale view can only ever
+        // produce its desired rules, never a mix.
+        let record = match self.loader.applied() {
+            Ok(applied) => {
+                let desired = crate::delta::apply(&applied.rules, &delta);
+                self.apply_desired_on(
+                    Trigger::Remote,
+                    started,
+                    &applied.rules,
+                    applied.generation,
+                    desired,
+                    good,
+                )
+            }
+            Err(error) => self.finish(
+                Trigger::Remote,
+                started,
+                Outcome::Failed,
+                Some(error.to_string()),
+                0,
+                0,
+                None,
+            ),
+        };
+        lifecycle::reloaded(&self.status_line());
+        record
+    }
+
+    fn apply_desired(
+        &mut self,
+        trigger: Trigger,
+        started: Instant,
+        desired: RuleSet,
+        good: GoodPolicy,
+    ) -> ReloadRecord {
+        match self.loader.applied() {
+            Ok(applied) => self.apply_desired_on(
+                trigger,
+                started,
+                &applied.rules,
+                applied.generation,
+                desired,
+                good,
+            ),
+            Err(error) => self.finish(
+                trigger,
+                started,
+                Outcome::Failed,
+                Some(error.to_string()),
+                0,
+                0,
+                None,
+            ),
+        }
+    }
+
+    fn apply_desired_on(
+        &mut self,
+        trigger: Trigger,
+        started: Instant,
+        applied: &RuleSet,
+        generation: u64,
+        desired: RuleSet,
+        good: GoodPolicy,
+    ) -> ReloadRecord {
+        self.rules = applied.clone();
+        self.generation = generation;
+        let delta = diff(applied, &desired);
+        let confined = match self.loader.confined() {
+            Ok(confined) => confined,
+            Err(error) => {
+                return self.finish(
+                    trigger,
+                    started,
+                    Outcome::Failed,
+                    Some(error.to_string()),
+                    delta.len(),
+                    0,
+                    None,
+                );
+            }
+        };
+        if let Err(refusal) = guard::check_delta(applied, &delta, &confined, Arch::native()) {
+            return self.finish(
+                trigger,
+                started,
+                Outcome::Refused,
+                Some(refusal.to_string()),
+                delta.len(),
+                0,
+                None,
+            );
+        }
+        if delta.is_empty() {
+            let text_diff = self.text_diff(&good.text);
+            self.good = Some(good);
+            return self.finish(trigger, started, Outcome::Unchanged, None, 0, 0, text_diff);
+        }
+        match self.loader.apply(&delta) {
+            Ok(report) => {
+                let text_diff = self.text_diff(&good.text);
+                self.good = Some(good);
+                self.rules = desired;
+                self.generation = report.generation;
+                self.finish(
+                    trigger,
+                    started,
+                    Outcome::Applied,
+                    None,
+                    delta.len(),
+                    report.map_ops,
+                    text_diff,
+                )
+            }
+            Err(LoaderError::Refused(refusal)) => self.finish(
+                trigger,
+                started,
+                Outcome::Refused,
+                Some(refusal.to_string()),
+                delta.len(),
+                0,
+                None,
+            ),
+            Err(error) => self.finish(
+                trigger,
+                started,
+                Outcome::Failed,
+                Some(error.to_string()),
+                delta.len(),
+                0,
+                None,
+            ),
+        }
+    }
+
+    fn text_diff(&self, new_text: &str) -> Option<String> {
+        let old = self.good.as_ref().map_or("", |g| g.text.as_str());
+        (old != new_text).then(|| {
+            similar::TextDiff::from_lines(old, new_text)
+                .unified_diff()
+                .header("in force", "new")
+                .to_string()
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        trigger: Trigger,
+        started: Instant,
+        outcome: Outcome,
+        error: Option<String>,
+        ops: usize,
+        map_ops: u64,
+        text_diff: Option<String>,
+    ) -> ReloadRecord {
+        let record = ReloadRecord {
+            outcome,
+            trigger: trigger.as_str().to_owned(),
+            error,
+            generation: self.generation,
+            ops,
+            map_ops,
+            at_unix_ms: now_unix_ms(),
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        self.log(&record, text_diff.as_deref());
+        // A quiet periodic check is not news; anything else is, including a
+        // save that restores the policy in force after an invalid one.
+        if !(trigger == Trigger::Periodic && outcome == Outcome::Unchanged) {
+            self.last_reload = Some(record.clone());
+        }
+        self.publish();
+        record
+    }
+
+    fn log(&self, record: &ReloadRecord, text_diff: Option<&str>) {
+        let sha = self.good.as_ref().map_or("", |g| g.sha256.as_str());
+        let path = self.policy_path.display().to_string();
+        let fields = (
+            record.generation,
+            sha,
+            path.as_str(),
+            record.outcome.as_str(),
+            record.ops,
+        );
+        let (generation, policy_sha256, policy_path, outcome, ops) = fields;
+        match record.outcome {
+            Outcome::Applied => tracing::info!(
+                generation, policy_sha256, policy_path, outcome, ops, map_ops = record.map_ops, trigger = %record.trigger,
+                "applied generation {generation}: {ops} ops, {} map ops in {:.1} ms\n{}",
+                record.map_ops, record.duration_ms, text_diff.unwrap_or("")
+            ),
+            Outcome::Unchanged if text_diff.is_some() => tracing::info!(
+                generation, policy_sha256, policy_path, outcome, ops, trigger = %record.trigger,
+                "policy text changed but its rules did not; generation {generation} stays\n{}",
+                text_diff.unwrap_or("")
+            ),
+            Outcome::Unchanged => {
+                tracing::debug!(generation, policy_path, outcome, trigger = %record.trigger, "policy unchanged")
+            }
+            Outcome::Invalid | Outcome::Refused | Outcome::Failed => tracing::error!(
+                generation, policy_sha256, policy_path, outcome, ops, trigger = %record.trigger,
+                error = record.error.as_deref().unwrap_or(""),
+                "reload {outcome}: {}; generation {generation} stays in force",
+                record.error.as_deref().unwrap_or("")
+            ),
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let outcome = self
+            .last_reload
+            .as_ref()
+            .map_or("none", |r| r.outcome.as_str());
+        format!("generation {}, last reload {outcome}", self.generation)
+    }
+
+    fn publish(&mut self) {
+        let confined = self
+            .loader
+            .confined()
+            .map(|c| c.pids().collect())
+            .unwrap_or_default();
+        let event_drops = self.loader.counters().map(|c| c.event_drops).unwrap_or(0);
+        self.status.store(Arc::new(StatusReport {
+            generation: self.generation,
+            policy_path: self.policy_path.display().to_string(),
+            policy_sha256: self.good.as_ref().map(|g| g.sha256.clone()),
+            mode: self.rules.mode,
+            counts: RuleCounts::of(&self.rules),
+            confined,
+            hooks_attached: self.loader.hooks_attached(),
+            last_reload: self.last_reload.clone(),
+            total_map_ops: self.loader.map_ops(),
+            event_drops,
+            watching: self.watching,
+        }));
+    }
+}

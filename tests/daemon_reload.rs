@@ -1,0 +1,120 @@
+//! The daemon's reload safety against the real kernel: an invalid save keeps
+//! the generation; emptying the allowlist while a process is confined is
+//! refused; the same save with nothing confined is applied; sd_notify
+//! brackets every reload.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use aa_policyd::control::wire::{Outcome, Request};
+use support::daemon::{Daemon, policy_text, rules_of};
+
+#[test]
+fn an_invalid_save_keeps_the_generation_and_reports_the_place() {
+    let Some(daemon) = Daemon::start("invalid_save", &policy_text("kcmp"), &[]) else {
+        return;
+    };
+    let before = daemon.status();
+    std::fs::write(&daemon.policy, "syscalls:\n  allow: [read, opnat]\n").expect("save");
+    let status = daemon.wait_for("outcome invalid", |s| {
+        s.last_reload
+            .as_ref()
+            .is_some_and(|r| r.outcome == Outcome::Invalid)
+    });
+    assert_eq!(status.generation, before.generation);
+    let error = status.last_reload.and_then(|r| r.error).unwrap_or_default();
+    assert!(error.ends_with("policy.yaml:2:17: syscalls.allow[1]: unknown syscall `opnat` (not in the x86_64 or aarch64 table); did you mean `openat`?"), "{error}");
+    assert_eq!(daemon.kernel_rules(), rules_of(&policy_text("kcmp")));
+    assert!(daemon.log().contains("ERROR"), "logged at error level");
+}
+
+#[test]
+fn emptying_the_allowlist_is_refused_while_confined_and_applied_when_not() {
+    let Some(daemon) = Daemon::start("refusal", &policy_text("kcmp"), &[]) else {
+        return;
+    };
+    let mut sleeper = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("start sleep");
+    let pid = sleeper.id();
+    daemon
+        .client()
+        .request(&Request::Confine { pid })
+        .expect("confine");
+
+    let empty = "syscalls:\n  allow: []\n";
+    std::fs::write(&daemon.policy, empty).expect("save");
+    let status = daemon.wait_for("outcome refused", |s| {
+        s.last_reload
+            .as_ref()
+            .is_some_and(|r| r.outcome == Outcome::Refused)
+    });
+    let error = status
+        .last_reload
+        .as_ref()
+        .and_then(|r| r.error.clone())
+        .unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "empty syscall allowlist while 1 process is confined (pid {pid})"
+        )),
+        "{error}"
+    );
+    assert!(
+        sleeper.try_wait().expect("poll").is_none(),
+        "the confined process lives"
+    );
+    assert_eq!(
+        daemon.kernel_rules(),
+        rules_of(&policy_text("kcmp")),
+        "old allowlist still enforced"
+    );
+    assert!(daemon.log().contains("refused"), "the log says why");
+
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    daemon.wait_for("nothing confined", |s| s.confined.is_empty());
+    std::fs::write(&daemon.policy, format!("{empty}# saved again\n")).expect("save again");
+    let status = daemon.wait_for("outcome applied", |s| {
+        s.last_reload
+            .as_ref()
+            .is_some_and(|r| r.outcome == Outcome::Applied)
+    });
+    assert_eq!(daemon.kernel_rules(), rules_of(empty));
+    assert!(status.generation > 1);
+}
+
+#[test]
+fn sd_notify_reports_ready_reloading_status_and_stopping() {
+    let Some(mut daemon) = Daemon::start("sd_notify", &policy_text("kcmp"), &[]) else {
+        return;
+    };
+    std::fs::write(&daemon.policy, policy_text("syslog")).expect("save");
+    daemon.wait_for("generation 2", |s| s.generation == 2);
+    std::thread::sleep(Duration::from_millis(100));
+    daemon.stop();
+    std::thread::sleep(Duration::from_millis(100));
+    let messages = daemon.notify.messages();
+    let position = |want: &str| {
+        messages
+            .iter()
+            .position(|m| m.lines().any(|l| l.starts_with(want)))
+    };
+    let ready = position("READY=1").expect("READY=1");
+    let reloading = position("RELOADING=1").expect("RELOADING=1");
+    assert!(
+        messages[reloading].contains("MONOTONIC_USEC="),
+        "{messages:?}"
+    );
+    let ready_again = messages.iter().skip(reloading).position(|m| {
+        m.contains("READY=1") && m.contains("STATUS=generation 2, last reload applied")
+    });
+    assert!(ready < reloading && ready_again.is_some(), "{messages:?}");
+    assert!(
+        position("STOPPING=1").is_some_and(|p| p > reloading),
+        "{messages:?}"
+    );
+}

@@ -1,0 +1,203 @@
+//! A real `aa-policyd run` for tests: its own policy directory, control
+//! socket and pin dir; readiness and sd_notify messages read from a
+//! `NOTIFY_SOCKET` the test owns; the kernel's rules read straight from the
+//! pinned maps. Dropping it stops the daemon and unloads its pin dir.
+
+#![allow(dead_code)]
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aa_policyd::control::client::Client;
+use aa_policyd::control::wire::{Request, Response, StatusReport};
+use aa_policyd::loader::Loader;
+use aa_policyd::loader::kernel::{self, KernelLoader};
+use aa_policyd::lower::lower;
+use aa_policyd::policy::Policy;
+use aa_policyd::ruleset::{Arch, RuleSet};
+
+/// A policy that differs from the others only in `extra_syscall` (pick one
+/// outside `@system-service`, e.g. kcmp, syslog, acct, so the rules differ).
+pub fn policy_text(extra_syscall: &str) -> String {
+    format!(
+        "apiVersion: agent-assembly.dev/v1\nkind: Policy\nmetadata: {{name: test}}\nspec:\n  syscalls:\n    allow: [\"@system-service\", {extra_syscall}]\n  network:\n    allowlist: [127.0.0.0/8]\n"
+    )
+}
+
+/// The rules `text` lowers to.
+pub fn rules_of(text: &str) -> RuleSet {
+    let policy = Policy::parse_str(text, Path::new("expected.yaml")).expect("valid test policy");
+    lower(&policy, Arch::native()).rules
+}
+
+/// Collects sd_notify datagrams.
+pub struct NotifyListener {
+    pub path: PathBuf,
+    messages: Arc<Mutex<Vec<String>>>,
+}
+
+impl NotifyListener {
+    fn bind(path: PathBuf) -> NotifyListener {
+        let socket = UnixDatagram::bind(&path).expect("bind NOTIFY_SOCKET");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&messages);
+        std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buffer) {
+                let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                sink.lock().expect("notify lock").push(text);
+            }
+        });
+        NotifyListener { path, messages }
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().expect("notify lock").clone()
+    }
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub policy: PathBuf,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub notify: NotifyListener,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts a daemon on `initial` policy text, written to
+    /// `<dir>/etc/policy.yaml`. `None` when kernel tests are skipped.
+    pub fn start(name: &str, initial: &str, extra_args: &[&str]) -> Option<Daemon> {
+        let probe = super::kernel_test(name)?;
+        drop(probe); // only decides skip-or-fail; the daemon opens its own
+        let pin_dir = super::unique_pin_dir(name);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).expect("mkdir etc");
+        let policy = etc.join("policy.yaml");
+        std::fs::write(&policy, initial).expect("write policy");
+        let socket = dir.path().join("policyd.sock");
+        let notify = NotifyListener::bind(dir.path().join("notify.sock"));
+        let log_path = dir.path().join("daemon.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+            .arg("run")
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .args(extra_args)
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start aa-policyd run");
+        let daemon = Daemon {
+            dir,
+            policy,
+            socket,
+            pin_dir,
+            notify,
+            log_path,
+            child: Some(child),
+        };
+        daemon.wait_ready();
+        Some(daemon)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self
+                .notify
+                .messages()
+                .iter()
+                .any(|m| m.lines().any(|l| l == "READY=1"))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "daemon did not send READY=1 within 10 s; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).expect("connect to the daemon")
+    }
+
+    pub fn status(&self) -> StatusReport {
+        match self.client().request(&Request::Status).expect("status") {
+            Response::Status(status) => *status,
+            other => panic!("unexpected status reply {other:?}"),
+        }
+    }
+
+    /// Polls status until `done` holds (5 s), returning the last status.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&StatusReport) -> bool) -> StatusReport {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; status: {status:#?}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The rule set the kernel maps hold, read by a second loader.
+    pub fn kernel_rules(&self) -> RuleSet {
+        let mut reader = KernelLoader::open(&self.pin_dir).expect("open pinned maps");
+        reader.applied().expect("read back").rules
+    }
+
+    /// Sends SIGTERM and waits for the daemon to exit.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        if let Err(error) = kernel::unload(&self.pin_dir) {
+            eprintln!("cleanup of {} failed: {error}", self.pin_dir.display());
+        }
+    }
+}
