@@ -73,14 +73,28 @@ impl Daemon {
     /// Starts a daemon on `initial` policy text, written to
     /// `<dir>/etc/policy.yaml`. `None` when kernel tests are skipped.
     pub fn start(name: &str, initial: &str, extra_args: &[&str]) -> Option<Daemon> {
+        Daemon::start_with(
+            name,
+            |etc| std::fs::write(etc.join("policy.yaml"), initial).expect("write policy"),
+            extra_args,
+        )
+    }
+
+    /// Like `start`, but `setup` lays out `<dir>/etc` itself (it must end
+    /// with a readable `policy.yaml` there, e.g. a `..data` symlink chain).
+    pub fn start_with(
+        name: &str,
+        setup: impl FnOnce(&Path),
+        extra_args: &[&str],
+    ) -> Option<Daemon> {
         let probe = super::kernel_test(name)?;
         drop(probe); // only decides skip-or-fail; the daemon opens its own
         let pin_dir = super::unique_pin_dir(name);
         let dir = tempfile::tempdir().expect("temp dir");
         let etc = dir.path().join("etc");
         std::fs::create_dir(&etc).expect("mkdir etc");
+        setup(&etc);
         let policy = etc.join("policy.yaml");
-        std::fs::write(&policy, initial).expect("write policy");
         let socket = dir.path().join("policyd.sock");
         let notify = NotifyListener::bind(dir.path().join("notify.sock"));
         let log_path = dir.path().join("daemon.log");
