@@ -20,7 +20,7 @@ use crate::control::wire::WireEvent;
 use crate::events::{Event, EventKind, RateLimitedLog};
 use crate::lifecycle;
 use crate::loader::LoaderError;
-use crate::loader::kernel::KernelLoader;
+use crate::loader::kernel::{self, KernelLoader};
 use crate::reconcile::{Command, Reconciler, StartError, Trigger};
 use crate::watch::{self, WatchError};
 
@@ -77,9 +77,10 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
         })?;
     if let Some(ring) = ring {
         let (events, commands) = (events.clone(), commands.clone());
+        let drops = kernel::event_drop_counter(&options.pin_dir);
         std::thread::Builder::new()
             .name("probe-events".into())
-            .spawn(move || read_events(ring, &events, &commands))
+            .spawn(move || read_events(ring, drops, &events, &commands))
             .map_err(|source| DaemonError::Io {
                 context: "starting the event reader",
                 source,
@@ -177,6 +178,7 @@ async fn serve_until_signalled(
 /// exits so idle hooks can be detached.
 fn read_events(
     mut ring: RingBuf<MapData>,
+    drops: Option<kernel::EventDropCounter>,
     events: &broadcast::Sender<WireEvent>,
     commands: &mpsc::UnboundedSender<Command>,
 ) {
@@ -200,7 +202,7 @@ fn read_events(
         if exited && commands.send(Command::ProcessExited).is_err() {
             return;
         }
-        log.roll_window();
+        log.roll_window(drops.as_ref().and_then(|counter| counter.read()));
         let mut pollfd = libc::pollfd {
             fd: ring.as_raw_fd(),
             events: libc::POLLIN,

@@ -187,12 +187,14 @@ impl Event {
 }
 
 /// Logs every event, up to `per_second` a second; beyond that, counts them
-/// and logs how many were suppressed once the flood's second is over.
+/// and logs how many were suppressed once the flood's second is over,
+/// together with how many the kernel dropped (ring buffer full).
 pub struct RateLimitedLog {
     per_second: u32,
     window_start: std::time::Instant,
     logged: u32,
     suppressed: u64,
+    kernel_drops: u64,
 }
 
 impl RateLimitedLog {
@@ -202,11 +204,11 @@ impl RateLimitedLog {
             window_start: std::time::Instant::now(),
             logged: 0,
             suppressed: 0,
+            kernel_drops: 0,
         }
     }
 
     pub fn log(&mut self, event: &Event) {
-        self.roll_window();
         if self.logged < self.per_second {
             self.logged += 1;
             event.log();
@@ -215,17 +217,25 @@ impl RateLimitedLog {
         }
     }
 
-    /// Ends the current second if it is over, reporting what was suppressed.
-    pub fn roll_window(&mut self) {
+    /// Ends the current second if it is over, reporting what was
+    /// suppressed and any new kernel drops (`kernel_drops` is the probes'
+    /// running total, when known).
+    pub fn roll_window(&mut self, kernel_drops: Option<u64>) {
         if self.window_start.elapsed() < std::time::Duration::from_secs(1) {
             return;
         }
-        if self.suppressed > 0 {
+        let new_drops = kernel_drops.map_or(0, |total| total.saturating_sub(self.kernel_drops));
+        if let Some(total) = kernel_drops {
+            self.kernel_drops = total;
+        }
+        if self.suppressed > 0 || new_drops > 0 {
             tracing::warn!(
                 aa_event = "suppressed",
                 suppressed = self.suppressed,
-                "{} events were not logged in the last second (flood); `aa-policyd status` shows ring-buffer drops",
-                self.suppressed
+                drops = new_drops,
+                "event flood: {} events not logged in the last second, {new_drops} lost in the kernel ring buffer ({} lost in total)",
+                self.suppressed,
+                self.kernel_drops
             );
         }
         self.window_start = std::time::Instant::now();

@@ -922,6 +922,26 @@ impl Loader for KernelLoader {
     }
 }
 
+/// A read-only handle on the probes' event-drop counter, for a thread that
+/// does not own the loader (the daemon's event reader).
+pub struct EventDropCounter {
+    counters: Array<MapData, u64>,
+}
+
+impl EventDropCounter {
+    pub fn read(&self) -> Option<u64> {
+        self.counters.get(&abi::COUNTER_EVENT_DROPS, 0).ok()
+    }
+}
+
+/// Opens the pinned COUNTERS map of `pin_dir`, if it is there.
+pub fn event_drop_counter(pin_dir: &Path) -> Option<EventDropCounter> {
+    let path = PinLayout::new(pin_dir).maps().join("COUNTERS");
+    let data = MapData::from_pin(&path).ok()?;
+    let counters = Array::try_from(Map::Array(data)).ok()?;
+    Some(EventDropCounter { counters })
+}
+
 /// Removes every program, link, map and pin under `pin_dir` that this tool
 /// created. Loads nothing, so it works even when the probes cannot load.
 pub fn unload(pin_dir: &Path) -> Result<(), LoaderError> {
