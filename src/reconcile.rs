@@ -275,15 +275,7 @@ impl Reconciler {
         let bytes = match crate::policy::read_policy_file(&self.policy_path) {
             Ok(bytes) => bytes,
             Err(error) => {
-                return self.finish(
-                    trigger,
-                    started,
-                    Outcome::Invalid,
-                    Some(error.to_string()),
-                    0,
-                    0,
-                    None,
-                );
+                return self.fail(trigger, started, Outcome::Invalid, error.to_string(), 0);
             }
         };
         let sha256 = sha256_hex(&bytes);
@@ -301,15 +293,7 @@ impl Reconciler {
                 self.apply_desired(trigger, started, desired, GoodPolicy { sha256, text })
             }
             // The error already reads `file:line:col: key.path: message`.
-            Err(error) => self.finish(
-                trigger,
-                started,
-                Outcome::Invalid,
-                Some(error.to_string()),
-                0,
-                0,
-                None,
-            ),
+            Err(error) => self.fail(trigger, started, Outcome::Invalid, error.to_string(), 0),
         };
         if trigger != Trigger::Startup {
             lifecycle::reloaded(&self.status_line());
@@ -339,14 +323,12 @@ impl Reconciler {
                     good,
                 )
             }
-            Err(error) => self.finish(
+            Err(error) => self.fail(
                 Trigger::Remote,
                 started,
                 Outcome::Failed,
-                Some(error.to_string()),
+                error.to_string(),
                 0,
-                0,
-                None,
             ),
         };
         lifecycle::reloaded(&self.status_line());
@@ -369,15 +351,7 @@ impl Reconciler {
                 desired,
                 good,
             ),
-            Err(error) => self.finish(
-                trigger,
-                started,
-                Outcome::Failed,
-                Some(error.to_string()),
-                0,
-                0,
-                None,
-            ),
+            Err(error) => self.fail(trigger, started, Outcome::Failed, error.to_string(), 0),
         }
     }
 
@@ -396,26 +370,22 @@ impl Reconciler {
         let confined = match self.loader.confined() {
             Ok(confined) => confined,
             Err(error) => {
-                return self.finish(
+                return self.fail(
                     trigger,
                     started,
                     Outcome::Failed,
-                    Some(error.to_string()),
+                    error.to_string(),
                     delta.len(),
-                    0,
-                    None,
                 );
             }
         };
         if let Err(refusal) = guard::check_delta(applied, &delta, &confined, Arch::native()) {
-            return self.finish(
+            return self.fail(
                 trigger,
                 started,
                 Outcome::Refused,
-                Some(refusal.to_string()),
+                refusal.to_string(),
                 delta.len(),
-                0,
-                None,
             );
         }
         if delta.is_empty() {
@@ -439,25 +409,33 @@ impl Reconciler {
                     text_diff,
                 )
             }
-            Err(LoaderError::Refused(refusal)) => self.finish(
+            Err(LoaderError::Refused(refusal)) => self.fail(
                 trigger,
                 started,
                 Outcome::Refused,
-                Some(refusal.to_string()),
+                refusal.to_string(),
                 delta.len(),
-                0,
-                None,
             ),
-            Err(error) => self.finish(
+            Err(error) => self.fail(
                 trigger,
                 started,
                 Outcome::Failed,
-                Some(error.to_string()),
+                error.to_string(),
                 delta.len(),
-                0,
-                None,
             ),
         }
+    }
+
+    /// Records a reload that changed nothing in the kernel.
+    fn fail(
+        &mut self,
+        trigger: Trigger,
+        started: Instant,
+        outcome: Outcome,
+        error: String,
+        ops: usize,
+    ) -> ReloadRecord {
+        self.finish(trigger, started, outcome, Some(error), ops, 0, None)
     }
 
     fn text_diff(&self, new_text: &str) -> Option<String> {

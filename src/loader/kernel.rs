@@ -531,68 +531,32 @@ impl KernelLoader {
         Ok(())
     }
 
+    /// Sets (`present`) or clears `slot`'s bit on `rule`'s entry.
     fn set_egress_slot(
         &mut self,
         rule: &EgressRule,
         slot: u32,
         present: bool,
     ) -> Result<(), LoaderError> {
-        let bit = 1u8 << slot;
-        let name = rule.to_string();
+        let ops = &mut self.map_ops;
         match rule.net.addr() {
-            IpAddr::V4(_) => {
-                let key = egress_key_v4(rule);
-                let mut value = self.lookup_exact4(&key, &name)?.unwrap_or(RuleValue {
-                    prefixlen: key.prefix_len(),
-                    ..RuleValue::default()
-                });
-                value.slots = if present {
-                    value.slots | bit
-                } else {
-                    value.slots & !bit
-                };
-                self.map_ops += 1;
-                self.maps
-                    .egress4
-                    .insert(&key, value, 0)
-                    .map_err(map_err("EGRESS4", name))
-            }
-            IpAddr::V6(_) => {
-                let key = egress_key_v6(rule);
-                let mut value = self.lookup_exact6(&key, &name)?.unwrap_or(RuleValue {
-                    prefixlen: key.prefix_len(),
-                    ..RuleValue::default()
-                });
-                value.slots = if present {
-                    value.slots | bit
-                } else {
-                    value.slots & !bit
-                };
-                self.map_ops += 1;
-                self.maps
-                    .egress6
-                    .insert(&key, value, 0)
-                    .map_err(map_err("EGRESS6", name))
-            }
+            IpAddr::V4(_) => set_slot_bit(
+                &mut self.maps.egress4,
+                &egress_key_v4(rule),
+                slot,
+                present,
+                ops,
+            )
+            .map_err(map_err("EGRESS4", rule.to_string())),
+            IpAddr::V6(_) => set_slot_bit(
+                &mut self.maps.egress6,
+                &egress_key_v6(rule),
+                slot,
+                present,
+                ops,
+            )
+            .map_err(map_err("EGRESS6", rule.to_string())),
         }
-    }
-
-    fn lookup_exact4(
-        &mut self,
-        key: &Key<Egress4Data>,
-        name: &str,
-    ) -> Result<Option<RuleValue>, LoaderError> {
-        self.map_ops += 1;
-        exact(self.maps.egress4.get(key, 0), key.prefix_len()).map_err(map_err("EGRESS4", name))
-    }
-
-    fn lookup_exact6(
-        &mut self,
-        key: &Key<Egress6Data>,
-        name: &str,
-    ) -> Result<Option<RuleValue>, LoaderError> {
-        self.map_ops += 1;
-        exact(self.maps.egress6.get(key, 0), key.prefix_len()).map_err(map_err("EGRESS6", name))
     }
 
     /// Writes slot `slot` of `prefix` as `rules` has it, in both keys.
@@ -662,39 +626,15 @@ impl KernelLoader {
     fn align_slots(&mut self, touched: &Touched, from: u32, to: u32) -> Result<(), LoaderError> {
         let (from_bit, to_bit) = (1u8 << from, 1u8 << to);
         for rule in &touched.egress {
-            let name = rule.to_string();
+            let ops = &mut self.map_ops;
             match rule.net.addr() {
                 IpAddr::V4(_) => {
-                    let key = egress_key_v4(rule);
-                    if let Some(mut value) = self.lookup_exact4(&key, &name)? {
-                        self.map_ops += 1;
-                        if value.slots & from_bit != 0 {
-                            value.slots |= to_bit;
-                            self.maps
-                                .egress4
-                                .insert(&key, value, 0)
-                                .map_err(map_err("EGRESS4", name))?;
-                        } else {
-                            remove_ignoring_missing(self.maps.egress4.remove(&key))
-                                .map_err(map_err("EGRESS4", name))?;
-                        }
-                    }
+                    align_entry(&mut self.maps.egress4, &egress_key_v4(rule), from, to, ops)
+                        .map_err(map_err("EGRESS4", rule.to_string()))?
                 }
                 IpAddr::V6(_) => {
-                    let key = egress_key_v6(rule);
-                    if let Some(mut value) = self.lookup_exact6(&key, &name)? {
-                        self.map_ops += 1;
-                        if value.slots & from_bit != 0 {
-                            value.slots |= to_bit;
-                            self.maps
-                                .egress6
-                                .insert(&key, value, 0)
-                                .map_err(map_err("EGRESS6", name))?;
-                        } else {
-                            remove_ignoring_missing(self.maps.egress6.remove(&key))
-                                .map_err(map_err("EGRESS6", name))?;
-                        }
-                    }
+                    align_entry(&mut self.maps.egress6, &egress_key_v6(rule), from, to, ops)
+                        .map_err(map_err("EGRESS6", rule.to_string()))?
                 }
             }
         }
@@ -1139,6 +1079,51 @@ fn remove_ignoring_missing(result: Result<(), MapError>) -> Result<(), MapError>
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
         other => other,
+    }
+}
+
+/// Sets (`present`) or clears `slot`'s bit on the entry for exactly `key`,
+/// creating the entry when it does not exist yet.
+fn set_slot_bit<K: aya::Pod>(
+    trie: &mut LpmTrie<MapData, K, RuleValue>,
+    key: &Key<K>,
+    slot: u32,
+    present: bool,
+    ops: &mut u64,
+) -> Result<(), MapError> {
+    *ops += 2;
+    let bit = 1u8 << slot;
+    let mut value = exact(trie.get(key, 0), key.prefix_len())?.unwrap_or(RuleValue {
+        prefixlen: key.prefix_len(),
+        ..RuleValue::default()
+    });
+    value.slots = if present {
+        value.slots | bit
+    } else {
+        value.slots & !bit
+    };
+    trie.insert(key, value, 0)
+}
+
+/// Makes slot `to` of the entry for exactly `key` equal to slot `from`,
+/// deleting the entry when no slot holds it any more.
+fn align_entry<K: aya::Pod>(
+    trie: &mut LpmTrie<MapData, K, RuleValue>,
+    key: &Key<K>,
+    from: u32,
+    to: u32,
+    ops: &mut u64,
+) -> Result<(), MapError> {
+    *ops += 1;
+    let Some(mut value) = exact(trie.get(key, 0), key.prefix_len())? else {
+        return Ok(());
+    };
+    *ops += 1;
+    if value.slots & (1 << from) != 0 {
+        value.slots |= 1 << to;
+        trie.insert(key, value, 0)
+    } else {
+        remove_ignoring_missing(trie.remove(key))
     }
 }
 
