@@ -18,11 +18,19 @@ pub enum ClientError {
         source: std::io::Error,
     },
     #[error("control socket: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("control socket: {0}")]
     Protocol(String),
     #[error("the daemon says: {0}")]
     Daemon(String),
+}
+
+/// Not `#[from]`: that would also make the io error the `source`, and every
+/// message would print it twice.
+impl From<std::io::Error> for ClientError {
+    fn from(error: std::io::Error) -> Self {
+        ClientError::Io(error)
+    }
 }
 
 pub struct Client {
@@ -58,7 +66,14 @@ impl Client {
     pub fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
         let bytes =
             serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.stream.write_all(&encode(&bytes))?;
+        if let Err(write_error) = self.stream.write_all(&encode(&bytes)) {
+            // The daemon may have answered and closed already (a refusal):
+            // its reason is more useful than our EPIPE.
+            return match self.next_response() {
+                Err(ClientError::Daemon(reason)) => Err(ClientError::Daemon(reason)),
+                _ => Err(ClientError::Io(write_error)),
+            };
+        }
         self.next_response()
     }
 

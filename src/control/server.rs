@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::timeout;
 
 use super::CONTROL_GROUP;
-use super::frame::{FrameDecoder, read_frame, write_frame};
+use super::frame::{FrameDecoder, FrameError, read_frame, write_frame};
 use super::peer::{Peer, group_id};
 use super::wire::{
     PROTOCOL_VERSION, Request, Response, StatusReport, WireEvent, WireRuleSet, delta_from_wire,
@@ -29,6 +29,8 @@ use crate::reconcile::Command;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may stay silent between requests.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a refused client may take to send its hello before it is told.
+const REFUSAL_GRACE: Duration = Duration::from_millis(500);
 /// How long the reconcile loop may take to answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -130,9 +132,38 @@ async fn ask<T>(
     }
 }
 
+enum ReadError {
+    Timeout,
+    Frame(FrameError),
+}
+
+/// Reads one request frame: the connection may stay silent for `idle`, but
+/// once a frame's first byte has arrived the whole frame must follow within
+/// `REQUEST_TIMEOUT`, so a half-sent frame cannot hold a connection long.
+async fn read_request(
+    reader: &mut (impl AsyncRead + Unpin),
+    decoder: &mut FrameDecoder,
+    idle: Duration,
+) -> Result<Option<Vec<u8>>, ReadError> {
+    if decoder.pending() == 0 {
+        let mut chunk = [0u8; 8192];
+        match timeout(idle, reader.read(&mut chunk)).await {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(Err(e)) => return Err(ReadError::Frame(FrameError::Io(e))),
+            Ok(Ok(0)) => return Ok(None),
+            Ok(Ok(n)) => decoder.push(&chunk[..n]),
+        }
+    }
+    match timeout(REQUEST_TIMEOUT, read_frame(reader, decoder)).await {
+        Err(_) => Err(ReadError::Timeout),
+        Ok(result) => result.map_err(ReadError::Frame),
+    }
+}
+
 async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), String> {
     let peer = Peer::of(&stream).map_err(|e| format!("reading peer credentials: {e}"))?;
     let (mut reader, mut writer) = stream.into_split();
+    let mut decoder = FrameDecoder::default();
     if !peer.authorized(context.group) {
         tracing::warn!(
             uid = peer.uid,
@@ -144,17 +175,23 @@ async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), Strin
             "permission denied: uid {} is neither root nor a member of group {CONTROL_GROUP}",
             peer.uid
         );
+        // Take the client's first frame before answering: a client whose
+        // hello arrives after we closed would see EPIPE, not the reason.
+        let _ = timeout(REFUSAL_GRACE, read_frame(&mut reader, &mut decoder)).await;
         return send(&mut writer, &error(message)).await;
     }
-    let mut decoder = FrameDecoder::default();
     let mut first = true;
     loop {
-        let limit = if first { REQUEST_TIMEOUT } else { IDLE_TIMEOUT };
-        let frame = match timeout(limit, read_frame(&mut reader, &mut decoder)).await {
-            Err(_) => return send(&mut writer, &error("timed out waiting for a request")).await,
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Err(e)) => return send(&mut writer, &error(format!("bad frame: {e}"))).await,
-            Ok(Ok(Some(frame))) => frame,
+        let idle = if first { REQUEST_TIMEOUT } else { IDLE_TIMEOUT };
+        let frame = match read_request(&mut reader, &mut decoder, idle).await {
+            Err(ReadError::Timeout) => {
+                return send(&mut writer, &error("timed out waiting for a request")).await;
+            }
+            Err(ReadError::Frame(e)) => {
+                return send(&mut writer, &error(format!("bad frame: {e}"))).await;
+            }
+            Ok(None) => return Ok(()),
+            Ok(Some(frame)) => frame,
         };
         let request: Request = match serde_json::from_slice(&frame) {
             Ok(request) => request,
