@@ -10,9 +10,11 @@
 //! still in progress) and metadata changes (chmod, touch) are not.
 //!
 //! A burst of events is coalesced: the trigger fires once the directory has
-//! been quiet for `QUIET`, so the last save of a burst is what is read. The
-//! directory's identity (device, inode) is re-checked every tick, so a
-//! directory that is removed and recreated is watched again. An inotify
+//! been quiet for `QUIET`, so the last save of a burst is what is read. A
+//! directory that is removed (or moved away) and recreated is watched again:
+//! the event for the directory itself drops the dead watch, and its identity
+//! (device, inode) is re-checked every tick as a second line — not the only
+//! one, because ext4 hands a freed inode number straight to the next mkdir. An inotify
 //! overflow (notify's Rescan flag) forces a reload. A slow periodic check is
 //! the safety net for anything else.
 
@@ -126,6 +128,14 @@ fn relevant(event: &notify::Event, name: &std::ffi::OsStr) -> bool {
             .any(|path| path.file_name().is_some_and(|f| f == name || f == "..data"))
 }
 
+/// Whether `event` says the watched directory itself was removed or moved.
+fn directory_itself_gone(event: &notify::Event, dir: &Path) -> bool {
+    matches!(
+        event.kind,
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+    ) && event.paths.iter().any(|path| path == dir)
+}
+
 fn watch_loop(
     dir: &Path,
     name: &std::ffi::OsStr,
@@ -142,8 +152,18 @@ fn watch_loop(
     let mut last_tick = Instant::now();
     let mut last_periodic = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        match events.recv_timeout(TICK) {
+        // Wake exactly when a pending burst would be due, else every tick.
+        let wait = pending.map_or(TICK, |(_, first, last)| {
+            let due = (last + QUIET).min(first + MAX_DELAY);
+            due.saturating_duration_since(Instant::now()).min(TICK)
+        });
+        match events.recv_timeout(wait) {
             Ok(Ok(event)) => {
+                if directory_itself_gone(&event, dir) {
+                    // The inotify watch died with the directory; a new one
+                    // is set up on the next tick, whatever the new inode is.
+                    watch = None;
+                }
                 let trigger = if event.need_rescan() {
                     Some(Trigger::Rescan)
                 } else if relevant(&event, name) {
@@ -175,10 +195,12 @@ fn watch_loop(
             pending = None;
             on_trigger(trigger);
         }
-        if now.duration_since(last_tick) >= TICK {
+        if now.duration_since(last_tick) >= TICK || watch.is_none() {
             last_tick = now;
             let current = identity(dir);
-            if watch.as_ref().map(|w| w.identity) != current {
+            if watch.as_ref().map(|w| w.identity) != current
+                || (watch.is_none() && current.is_some())
+            {
                 watch = current.and_then(|_| establish(dir, &sender));
                 if watch.is_some() {
                     tracing::info!("watching {} again", dir.display());
