@@ -71,9 +71,27 @@ pub fn spawn(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let thread_stop = Arc::clone(&stop);
+    // The first watch exists before `spawn` returns, so a save made right
+    // after the daemon says READY is never missed.
+    let (sender, events) = mpsc::channel();
+    let watch = establish(&dir, &sender);
+    if watch.is_none() {
+        tracing::warn!("{} does not exist yet; watching for it", dir.display());
+    }
+    let channel = (sender, events);
     std::thread::Builder::new()
         .name("policy-watch".into())
-        .spawn(move || watch_loop(&dir, &name, periodic, &thread_stop, &on_trigger))
+        .spawn(move || {
+            watch_loop(
+                &dir,
+                &name,
+                periodic,
+                &thread_stop,
+                &on_trigger,
+                channel,
+                watch,
+            )
+        })
         .map_err(WatchError::Thread)?;
     Ok(WatchHandle { stop })
 }
@@ -86,6 +104,11 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
         .filter(|m| m.is_dir())
         .map(|m| (m.dev(), m.ino()))
 }
+
+type EventChannel = (
+    mpsc::Sender<notify::Result<notify::Event>>,
+    mpsc::Receiver<notify::Result<notify::Event>>,
+);
 
 struct Watch {
     _watcher: RecommendedWatcher,
@@ -142,12 +165,9 @@ fn watch_loop(
     periodic: Duration,
     stop: &AtomicBool,
     on_trigger: &dyn Fn(Trigger),
+    (sender, events): EventChannel,
+    mut watch: Option<Watch>,
 ) {
-    let (sender, events) = mpsc::channel();
-    let mut watch = establish(dir, &sender);
-    if watch.is_none() {
-        tracing::warn!("{} does not exist yet; watching for it", dir.display());
-    }
     let mut pending: Option<(Trigger, Instant, Instant)> = None; // (trigger, first, last)
     let mut last_tick = Instant::now();
     let mut last_periodic = Instant::now();
