@@ -7,6 +7,7 @@
 mod check;
 mod confine;
 mod diff;
+mod docs;
 mod exec;
 mod run;
 mod status;
@@ -144,6 +145,12 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Write the man page and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory.
+        dir: PathBuf,
+    },
     /// Remove every program, link, map and pin aa-policyd created under
     /// the pin dir (stops enforcement for everything confined through it).
     Unload {
@@ -180,6 +187,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ..
         } => exec::through_daemon(&socket, &command),
         Command::Unload { pin_dir } => unload::run(&pin_dir),
+        Command::GenerateDocs { dir } => docs::run(&dir),
         Command::Run {
             policy,
             socket,
