@@ -403,14 +403,14 @@ impl KernelLoader {
             self.map_ops += 1;
             let (key, value) = item.map_err(map_err("EGRESS4", ""))?;
             if value.slots & bit != 0 {
-                rules.egress.rules.insert(egress_rule_v4(&key));
+                rules.egress.rules.insert(egress_rule::<Egress4Data>(&key));
             }
         }
         for item in self.maps.egress6.iter() {
             self.map_ops += 1;
             let (key, value) = item.map_err(map_err("EGRESS6", ""))?;
             if value.slots & bit != 0 {
-                rules.egress.rules.insert(egress_rule_v6(&key));
+                rules.egress.rules.insert(egress_rule::<Egress6Data>(&key));
             }
         }
         for item in self.maps.paths.iter() {
@@ -542,7 +542,7 @@ impl KernelLoader {
         match rule.net.addr() {
             IpAddr::V4(_) => set_slot_bit(
                 &mut self.maps.egress4,
-                &egress_key_v4(rule),
+                &egress_key::<Egress4Data>(rule),
                 slot,
                 present,
                 ops,
@@ -550,7 +550,7 @@ impl KernelLoader {
             .map_err(map_err("EGRESS4", rule.to_string())),
             IpAddr::V6(_) => set_slot_bit(
                 &mut self.maps.egress6,
-                &egress_key_v6(rule),
+                &egress_key::<Egress6Data>(rule),
                 slot,
                 present,
                 ops,
@@ -628,14 +628,22 @@ impl KernelLoader {
         for rule in &touched.egress {
             let ops = &mut self.map_ops;
             match rule.net.addr() {
-                IpAddr::V4(_) => {
-                    align_entry(&mut self.maps.egress4, &egress_key_v4(rule), from, to, ops)
-                        .map_err(map_err("EGRESS4", rule.to_string()))?
-                }
-                IpAddr::V6(_) => {
-                    align_entry(&mut self.maps.egress6, &egress_key_v6(rule), from, to, ops)
-                        .map_err(map_err("EGRESS6", rule.to_string()))?
-                }
+                IpAddr::V4(_) => align_entry(
+                    &mut self.maps.egress4,
+                    &egress_key::<Egress4Data>(rule),
+                    from,
+                    to,
+                    ops,
+                )
+                .map_err(map_err("EGRESS4", rule.to_string()))?,
+                IpAddr::V6(_) => align_entry(
+                    &mut self.maps.egress6,
+                    &egress_key::<Egress6Data>(rule),
+                    from,
+                    to,
+                    ops,
+                )
+                .map_err(map_err("EGRESS6", rule.to_string()))?,
             }
         }
         for prefix in &touched.paths {
@@ -681,11 +689,15 @@ impl KernelLoader {
         let mut rules = BTreeSet::new();
         for item in self.maps.egress4.keys() {
             self.map_ops += 1;
-            rules.insert(egress_rule_v4(&item.map_err(map_err("EGRESS4", ""))?));
+            rules.insert(egress_rule::<Egress4Data>(
+                &item.map_err(map_err("EGRESS4", ""))?,
+            ));
         }
         for item in self.maps.egress6.keys() {
             self.map_ops += 1;
-            rules.insert(egress_rule_v6(&item.map_err(map_err("EGRESS6", ""))?));
+            rules.insert(egress_rule::<Egress6Data>(
+                &item.map_err(map_err("EGRESS6", ""))?,
+            ));
         }
         Ok(rules)
     }
@@ -1147,60 +1159,74 @@ fn access_mask(access: Access) -> u8 {
     }
 }
 
-fn port_be(rule: &EgressRule) -> u16 {
-    rule.port.unwrap_or(0).to_be()
+/// The key data of one egress family (`EGRESS4` or `EGRESS6`): port, then
+/// address, both in network byte order; port 0 means any port.
+trait EgressKeyData: aya::Pod {
+    const ADDR_BITS: u8;
+    fn new(port_be: u16, addr: IpAddr) -> Self;
+    fn port_be(&self) -> u16;
+    fn addr(&self) -> IpAddr;
 }
 
-fn egress_key_v4(rule: &EgressRule) -> Key<Egress4Data> {
-    let addr = match rule.net.addr() {
-        IpAddr::V4(a) => a.octets(),
-        IpAddr::V6(_) => [0; 4],
-    };
-    let data = Egress4Data {
-        port: port_be(rule),
-        addr,
-        _pad: [0; 2],
-    };
-    Key::new(16 + u32::from(rule.net.prefix_len()), data)
-}
-
-fn egress_key_v6(rule: &EgressRule) -> Key<Egress6Data> {
-    let addr = match rule.net.addr() {
-        IpAddr::V6(a) => a.octets(),
-        IpAddr::V4(_) => [0; 16],
-    };
-    let data = Egress6Data {
-        port: port_be(rule),
-        addr,
-        _pad: [0; 2],
-    };
-    Key::new(16 + u32::from(rule.net.prefix_len()), data)
-}
-
-fn egress_rule_v4(key: &Key<Egress4Data>) -> EgressRule {
-    let data = key.data();
-    let prefix = key.prefix_len().saturating_sub(16).min(32) as u8;
-    let addr = IpAddr::from(data.addr);
-    EgressRule {
-        net: IpCidr::host(addr)
-            .supernet(prefix)
-            .unwrap_or(IpCidr::host(addr)),
-        port: match u16::from_be(data.port) {
-            0 => None,
-            port => Some(port),
-        },
+impl EgressKeyData for Egress4Data {
+    const ADDR_BITS: u8 = 32;
+    fn new(port_be: u16, addr: IpAddr) -> Self {
+        let addr = match addr {
+            IpAddr::V4(a) => a.octets(),
+            IpAddr::V6(_) => [0; 4],
+        };
+        Egress4Data {
+            port: port_be,
+            addr,
+            _pad: [0; 2],
+        }
+    }
+    fn port_be(&self) -> u16 {
+        self.port
+    }
+    fn addr(&self) -> IpAddr {
+        IpAddr::from(self.addr)
     }
 }
 
-fn egress_rule_v6(key: &Key<Egress6Data>) -> EgressRule {
+impl EgressKeyData for Egress6Data {
+    const ADDR_BITS: u8 = 128;
+    fn new(port_be: u16, addr: IpAddr) -> Self {
+        let addr = match addr {
+            IpAddr::V6(a) => a.octets(),
+            IpAddr::V4(_) => [0; 16],
+        };
+        Egress6Data {
+            port: port_be,
+            addr,
+            _pad: [0; 2],
+        }
+    }
+    fn port_be(&self) -> u16 {
+        self.port
+    }
+    fn addr(&self) -> IpAddr {
+        IpAddr::from(self.addr)
+    }
+}
+
+/// The LPM key of `rule`: 16 port bits, then the network's prefix.
+fn egress_key<D: EgressKeyData>(rule: &EgressRule) -> Key<D> {
+    let data = D::new(rule.port.unwrap_or(0).to_be(), rule.net.addr());
+    Key::new(16 + u32::from(rule.net.prefix_len()), data)
+}
+
+/// The rule an LPM key stands for.
+fn egress_rule<D: EgressKeyData>(key: &Key<D>) -> EgressRule {
     let data = key.data();
-    let prefix = key.prefix_len().saturating_sub(16).min(128) as u8;
-    let addr = IpAddr::from(data.addr);
+    let prefix = key
+        .prefix_len()
+        .saturating_sub(16)
+        .min(u32::from(D::ADDR_BITS)) as u8;
+    let host = IpCidr::host(data.addr());
     EgressRule {
-        net: IpCidr::host(addr)
-            .supernet(prefix)
-            .unwrap_or(IpCidr::host(addr)),
-        port: match u16::from_be(data.port) {
+        net: host.supernet(prefix).unwrap_or(host),
+        port: match u16::from_be(data.port_be()) {
             0 => None,
             port => Some(port),
         },
