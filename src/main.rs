@@ -12,6 +12,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    if args.quiet_on_closed_stdout() {
+        // SAFETY: restoring the default disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     aa_policyd::logging::init();
     match cli::run(args) {
         Ok(code) => code,

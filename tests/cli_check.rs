@@ -453,3 +453,26 @@ fn check_json_reports_the_lowered_rules() {
     assert_eq!(json["egress"]["rules"][0]["net"], "127.0.0.0/8");
     assert_eq!(json["paths"]["write"], "allowlist");
 }
+
+#[test]
+fn a_reader_that_stops_early_does_not_make_check_panic() {
+    use std::io::{BufRead, BufReader};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default.yaml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+        .args(["check", "--json"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run aa-policyd");
+    let mut first = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("first line");
+    // The pipe's read end is closed here, like `aa-policyd check --json | head -1`.
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(first.trim(), "{");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -160,6 +160,19 @@ enum Command {
     },
 }
 
+impl Cli {
+    /// Whether a closed stdout (`aa-policyd status | head`) should end the
+    /// process quietly, as it does for other Unix tools. Only for commands
+    /// that print and exit: the daemon, the watcher and `exec` keep SIGPIPE
+    /// ignored, so a client that hangs up is an error to handle, not death.
+    pub fn quiet_on_closed_stdout(&self) -> bool {
+        !matches!(
+            self.command,
+            Command::Run { .. } | Command::Watch { .. } | Command::Exec { .. }
+        )
+    }
+}
+
 fn parse_arch(raw: &str) -> Result<Arch, String> {
     raw.parse()
 }
