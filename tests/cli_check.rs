@@ -457,7 +457,18 @@ fn check_json_reports_the_lowered_rules() {
 #[test]
 fn a_reader_that_stops_early_does_not_make_check_panic() {
     use std::io::{BufRead, BufReader};
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default.yaml");
+    // Output larger than a pipe's 64 KiB buffer, so the writer does meet
+    // the closed read end.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("big.yaml");
+    let hosts: Vec<String> = (0..4000u32)
+        .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string())
+        .collect();
+    std::fs::write(
+        &path,
+        format!("network:\n  allowlist: [{}]\n", hosts.join(", ")),
+    )
+    .expect("write policy");
     let mut child = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
         .args(["check", "--json"])
         .arg(&path)
