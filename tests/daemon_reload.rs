@@ -118,3 +118,50 @@ fn sd_notify_reports_ready_reloading_status_and_stopping() {
         "{messages:?}"
     );
 }
+
+#[test]
+fn events_streams_a_denial_of_a_process_confined_through_the_daemon() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let no_write = "syscalls:\n  allow: [\"@default\", \"@file-system\", \"@process\", \"@signal\", \"@memory\", \"@io-event\", read, pread64, lseek, close, dup, dup2, dup3, ioctl, fcntl]\n";
+    let Some(daemon) = Daemon::start("events", no_write, &[]) else {
+        return;
+    };
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+        .args(["events", "--json", "--socket"])
+        .arg(&daemon.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start aa-policyd events");
+    std::thread::sleep(Duration::from_millis(300));
+    let exec = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+        .args(["exec", "--socket"])
+        .arg(&daemon.socket)
+        .args(["--", "sh", "-c", "echo denied"])
+        .output()
+        .expect("run exec");
+    assert_eq!(exec.status.code(), Some(137), "sh is killed on write");
+    let (sender, lines) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    let denial = loop {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(wait) {
+            Ok(line) if line.contains("\"denied_syscall\"") && line.contains("write") => {
+                break Some(line);
+            }
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let denial = denial.unwrap_or_else(|| panic!("no denial event; saw {seen:?}"));
+    assert!(denial.contains("\"comm\":\"sh\""), "{denial}");
+}

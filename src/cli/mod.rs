@@ -8,6 +8,7 @@ mod check;
 mod confine;
 mod diff;
 mod docs;
+mod events;
 mod exec;
 mod run;
 mod status;
@@ -129,6 +130,16 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Follow the daemon's probe events (denials, execs, exits) until
+    /// interrupted.
+    Events {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Confine a running process (all its threads) and its future children.
     Confine {
         /// The process id.
@@ -220,6 +231,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check_interval,
         } => watch::run(&policy, &socket, Duration::from_secs(check_interval.max(1))),
         Command::Status { json, socket } => status::run(&socket, json),
+        Command::Events { json, socket } => events::run(&socket, json),
         Command::Confine { pid, socket } => confine::confine(&socket, pid),
         Command::Release { pid, socket } => confine::release(&socket, pid),
     }
