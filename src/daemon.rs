@@ -63,10 +63,24 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
     let mut loader = KernelLoader::open(&options.pin_dir)?;
     let ring = loader.take_events();
     let mut reconciler = Reconciler::new(loader, &options.policy, options.watch)?;
+    // The watch exists before the startup read: a save made while the
+    // daemon starts queues a reload instead of waiting for the periodic check.
+    let (commands, queue) = mpsc::unbounded_channel();
+    let _watch = if options.watch {
+        let commands = commands.clone();
+        Some(watch::spawn(
+            &options.policy,
+            options.periodic_check,
+            move |trigger| {
+                let _ = commands.send(Command::Reload(trigger));
+            },
+        )?)
+    } else {
+        None
+    };
     reconciler.start()?;
     let status = reconciler.status_handle();
 
-    let (commands, queue) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(SUBSCRIBER_BACKLOG);
     let loop_thread = std::thread::Builder::new()
         .name("reconcile".into())
@@ -86,18 +100,6 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
                 source,
             })?;
     }
-    let _watch = if options.watch {
-        let commands = commands.clone();
-        Some(watch::spawn(
-            &options.policy,
-            options.periodic_check,
-            move |trigger| {
-                let _ = commands.send(Command::Reload(trigger));
-            },
-        )?)
-    } else {
-        None
-    };
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -71,7 +71,7 @@ fn an_unconfined_process_is_never_affected() {
     t.apply_rules(&without_syscall(default_rules(), "write"))
         .expect("apply");
     let keeper = t.spawn(&["sleep", "5"]);
-    assert!(t.loader.hooks_attached());
+    assert!(t.loader().hooks_attached());
     let out = Command::new("sh")
         .args(["-c", "echo unconfined"])
         .output()
@@ -104,15 +104,15 @@ fn a_grandchild_and_a_new_thread_are_confined_and_an_exited_process_leaves_the_r
     std::thread::sleep(Duration::from_millis(200));
     for tid in process_threads(pid) {
         assert!(
-            t.loader.is_task_marked(tid).expect("lookup"),
+            t.loader().is_task_marked(tid).expect("lookup"),
             "thread {tid} of {pid} is confined"
         );
     }
     let grandchildren = descendants(pid);
-    let confined = t.loader.confined().expect("registry");
+    let confined = t.loader().confined().expect("registry");
     for &descendant in &grandchildren {
         assert!(
-            t.loader.is_task_marked(descendant).expect("lookup"),
+            t.loader().is_task_marked(descendant).expect("lookup"),
             "descendant {descendant} is confined"
         );
         assert!(
@@ -127,7 +127,7 @@ fn a_grandchild_and_a_new_thread_are_confined_and_an_exited_process_leaves_the_r
     assert_eq!(child.wait(), ExitStatus::Exited(0));
     assert!(
         eventually(|| !t
-            .loader
+            .loader()
             .confined()
             .expect("registry")
             .pids()
@@ -159,7 +159,7 @@ fn a_process_that_reuses_a_confined_pid_is_not_confined() {
             "the new owner of pid {pid} was not confined"
         );
         assert!(
-            !t.loader
+            !t.loader()
                 .confined()
                 .expect("registry")
                 .pids()
@@ -187,30 +187,32 @@ fn confining_a_running_multithreaded_process_marks_every_thread() {
         eventually(|| process_threads(pid).len() >= 4),
         "python started 3 threads"
     );
-    t.loader.confine(pid).expect("confine");
+    t.loader().confine(pid).expect("confine");
     let threads = process_threads(pid);
     assert!(threads.len() >= 4);
     for tid in threads {
         assert!(
-            t.loader.is_task_marked(tid).expect("lookup"),
+            t.loader().is_task_marked(tid).expect("lookup"),
             "thread {tid} is confined"
         );
     }
     assert!(
-        t.loader
+        t.loader()
             .confined()
             .expect("registry")
             .pids()
             .any(|p| p == pid)
     );
     assert!(
-        !t.loader.is_task_marked(std::process::id()).expect("lookup"),
+        !t.loader()
+            .is_task_marked(std::process::id())
+            .expect("lookup"),
         "the test itself is not confined"
     );
-    t.loader.release(pid).expect("release");
-    assert!(!t.loader.is_task_marked(pid).expect("lookup"));
+    t.loader().release(pid).expect("release");
+    assert!(!t.loader().is_task_marked(pid).expect("lookup"));
     assert!(
-        !t.loader.hooks_attached(),
+        !t.loader().hooks_attached(),
         "nothing confined: hooks detached"
     );
 }
@@ -236,7 +238,7 @@ fn a_busy_process_confined_while_running_is_enforced_on_every_thread() {
         eventually(|| process_threads(pid).len() >= 3),
         "python started its threads"
     );
-    t.loader.confine(pid).expect("confine a running process");
+    t.loader().confine(pid).expect("confine a running process");
     std::thread::sleep(Duration::from_millis(100));
     assert!(process_alive(pid), "getppid is allowed: it keeps running");
     t.apply_rules(&without_syscall(default_rules(), "getppid"))
@@ -405,7 +407,7 @@ fn a_thousand_reloads_never_kill_a_process_using_a_syscall_both_generations_allo
     ]);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        t.loader.is_task_marked(child.pid()).expect("lookup"),
+        t.loader().is_task_marked(child.pid()).expect("lookup"),
         "the looping process is confined"
     );
     for round in 0..1000 {
@@ -455,14 +457,13 @@ fn enforcement_survives_the_loader_and_a_new_loader_adopts_without_attaching_twi
         "-c",
         &format!("read x < {}; echo after", fifo.display()),
     ]);
-    let links_before = t.loader.attached_links().expect("links");
+    let links_before = t.loader().attached_links().expect("links");
     assert_eq!(links_before.len(), 9, "nine hooks attached");
-    let generation = t.loader.applied().expect("applied").generation;
+    let generation = t.loader().applied().expect("applied").generation;
 
     // The loader goes away, every fd closed, as when its process exits; a
-    // new one opens the same pin dir.
-    let fresh = KernelLoader::open(&t.pin_dir).expect("new loader");
-    drop(std::mem::replace(&mut t.loader, fresh));
+    // new one opens the same pin dir (only one may hold it at a time).
+    t.restart_loader();
     std::fs::write(&fifo, "go\n").expect("release the shell");
     assert_eq!(
         child.wait(),
@@ -470,9 +471,12 @@ fn enforcement_survives_the_loader_and_a_new_loader_adopts_without_attaching_twi
         "still enforced after the old loader left"
     );
 
-    assert_eq!(t.loader.applied().expect("adopted").generation, generation);
+    assert_eq!(
+        t.loader().applied().expect("adopted").generation,
+        generation
+    );
     let second = t.spawn(&["sleep", "1"]);
-    let links_after = t.loader.attached_links().expect("links");
+    let links_after = t.loader().attached_links().expect("links");
     assert_eq!(links_after, links_before, "same links, none attached again");
     let attached_programs: Vec<u32> = links_after.iter().map(|(_, _, program)| *program).collect();
     let kernel_links = aya::programs::loaded_links()
@@ -484,12 +488,30 @@ fn enforcement_survives_the_loader_and_a_new_loader_adopts_without_attaching_twi
 }
 
 #[test]
+fn a_second_loader_on_the_same_pin_dir_is_refused_while_the_first_lives() {
+    let Some(mut t) = kernel_test("second_loader") else {
+        return;
+    };
+    match KernelLoader::open(&t.pin_dir) {
+        Err(LoaderError::Busy { pin_dir }) => assert_eq!(pin_dir, t.pin_dir),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("two loaders on one pin dir"),
+    }
+    assert!(matches!(
+        aa_policyd::loader::kernel::unload(&t.pin_dir),
+        Err(LoaderError::Busy { .. })
+    ));
+    t.restart_loader();
+    assert!(t.loader().applied().is_ok());
+}
+
+#[test]
 fn the_loader_refuses_to_empty_the_allowlist_under_a_confined_process() {
     let Some(mut t) = kernel_test("guard") else {
         return;
     };
     t.apply_rules(&default_rules()).expect("apply");
-    let before = t.loader.applied().expect("applied");
+    let before = t.loader().applied().expect("applied");
     let child = t.spawn(&["sleep", "5"]);
     let mut empty = default_rules();
     empty.syscalls = SyscallRule::Allow(SyscallSet::empty(aa_policyd::ruleset::Arch::native()));
@@ -504,20 +526,20 @@ fn the_loader_refuses_to_empty_the_allowlist_under_a_confined_process() {
         "{result:?}"
     );
     assert_eq!(
-        t.loader.applied().expect("applied"),
+        t.loader().applied().expect("applied"),
         before,
         "previous generation still in force"
     );
     assert!(process_alive(child.pid()));
     drop(child);
     assert!(eventually(|| t
-        .loader
+        .loader()
         .confined()
         .expect("registry")
         .is_empty()));
     t.apply_rules(&empty).expect("nothing confined: applied");
     assert!(matches!(
-        t.loader.confine(std::process::id()),
+        t.loader().confine(std::process::id()),
         Err(LoaderError::Refused(
             Refusal::ConfineUnderEmptyAllowlist { .. }
         ))

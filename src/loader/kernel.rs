@@ -137,9 +137,102 @@ struct Maps {
     capacity: BTreeMap<&'static str, usize>,
 }
 
+impl Maps {
+    /// Reads the active slot's rules back from the maps.
+    fn read_back(&self, ops: &mut u64) -> Result<(Applied, u32), LoaderError> {
+        *ops += 2;
+        let slot = self.active.get(&0, 0).map_err(map_err("ACTIVE", "0"))? & 1;
+        let generation = self
+            .generations
+            .get(&slot, 0)
+            .map_err(map_err("GENERATIONS", slot.to_string()))?;
+        let mut rules = RuleSet::unrestricted();
+        rules.mode = if generation.mode == abi::MODE_AUDIT {
+            Mode::Audit
+        } else {
+            Mode::Enforce
+        };
+        rules.syscalls = if generation.syscalls_restricted != 0 {
+            SyscallRule::Allow(SyscallSet::from_words(
+                Arch::native(),
+                generation.syscall_allow,
+            ))
+        } else {
+            SyscallRule::Unrestricted
+        };
+        let restriction = |flag: u32| {
+            if flag != 0 {
+                Restriction::Allowlist
+            } else {
+                Restriction::Unrestricted
+            }
+        };
+        rules.paths.read = restriction(generation.read_restricted);
+        rules.paths.write = restriction(generation.write_restricted);
+        rules.egress.mode = if generation.egress_restricted != 0 {
+            EgressMode::Allowlist
+        } else {
+            EgressMode::Unrestricted
+        };
+        let bit = 1u8 << slot;
+        for item in self.egress4.iter() {
+            *ops += 1;
+            let (key, value) = item.map_err(map_err("EGRESS4", ""))?;
+            if value.slots & bit != 0 {
+                rules.egress.rules.insert(egress_rule::<Egress4Data>(&key));
+            }
+        }
+        for item in self.egress6.iter() {
+            *ops += 1;
+            let (key, value) = item.map_err(map_err("EGRESS6", ""))?;
+            if value.slots & bit != 0 {
+                rules.egress.rules.insert(egress_rule::<Egress6Data>(&key));
+            }
+        }
+        for item in self.paths.iter() {
+            *ops += 1;
+            let (key, value) = item.map_err(map_err("PATHS", ""))?;
+            let Some(prefix) = exact_path(&key) else {
+                continue;
+            };
+            let index = slot as usize;
+            for access in Access::ALL {
+                let mask = access_mask(access);
+                let verdict = if value.deny[index] & mask != 0 {
+                    Some(Verdict::Deny)
+                } else if value.allow[index] & mask != 0 {
+                    Some(Verdict::Allow)
+                } else {
+                    None
+                };
+                if let Some(verdict) = verdict {
+                    rules.paths.rules.insert(
+                        PathRuleKey {
+                            access,
+                            prefix: prefix.clone(),
+                        },
+                        verdict,
+                    );
+                }
+            }
+        }
+        Ok((
+            Applied {
+                generation: generation.generation,
+                rules,
+            },
+            slot,
+        ))
+    }
+}
+
 /// The aya loader. See the module doc for the protocol it follows.
 pub struct KernelLoader {
     pins: PinLayout,
+    /// An exclusive flock on the pin dir, held while this loader lives: two
+    /// loaders on one pin dir would detach each other's hooks and write the
+    /// same inactive slot.
+    _lock: std::fs::File,
     objects: Vec<Ebpf>,
     maps: Maps,
     /// What the active slot holds; re-read from the maps at open.
@@ -163,19 +256,6 @@ fn map_err(map: &'static str, key: impl Into<String>) -> impl FnOnce(MapError) -
     }
 }
 
-fn take<T>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    convert: impl FnOnce(Map) -> Result<T, MapError>,
-) -> Result<T, LoaderError> {
-    let map = ebpf.take_map(name).ok_or_else(|| LoaderError::Map {
-        map: name,
-        key: String::new(),
-        source: Box::new(MapError::InvalidName { name: name.into() }),
-    })?;
-    convert(map).map_err(map_err(name, ""))
-}
-
 impl KernelLoader {
     /// Loads the probes (or adopts the ones pinned under `pin_dir`) and reads
     /// back the rules in force. Attaches nothing: see `confine`.
@@ -189,6 +269,11 @@ impl KernelLoader {
         }
         ensure_bpffs(pin_dir)?;
         let pins = PinLayout::new(pin_dir);
+        std::fs::create_dir_all(pin_dir)
+            .map_err(|e| LoaderError::io(format!("creating pin dir {}", pin_dir.display()), e))?;
+        // Locked before anything is created inside: a refused second loader
+        // leaves no trace.
+        let lock = lock_pin_dir(pin_dir)?;
         for dir in [pins.maps(), pins.links()] {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| LoaderError::io(format!("creating pin dir {}", dir.display()), e))?;
@@ -210,6 +295,7 @@ impl KernelLoader {
         let maps = take_maps(&mut objects[0])?;
         let mut loader = KernelLoader {
             pins,
+            _lock: lock,
             objects,
             maps,
             mirror: Applied {
@@ -357,93 +443,9 @@ impl KernelLoader {
     }
 
     fn read_back(&mut self) -> Result<Applied, LoaderError> {
-        self.map_ops += 2;
-        let slot = self
-            .maps
-            .active
-            .get(&0, 0)
-            .map_err(map_err("ACTIVE", "0"))?
-            & 1;
-        let generation = self
-            .maps
-            .generations
-            .get(&slot, 0)
-            .map_err(map_err("GENERATIONS", slot.to_string()))?;
+        let (applied, slot) = self.maps.read_back(&mut self.map_ops)?;
         self.active_slot = slot;
-        let mut rules = RuleSet::unrestricted();
-        rules.mode = if generation.mode == abi::MODE_AUDIT {
-            Mode::Audit
-        } else {
-            Mode::Enforce
-        };
-        rules.syscalls = if generation.syscalls_restricted != 0 {
-            SyscallRule::Allow(SyscallSet::from_words(
-                Arch::native(),
-                generation.syscall_allow,
-            ))
-        } else {
-            SyscallRule::Unrestricted
-        };
-        let restriction = |flag: u32| {
-            if flag != 0 {
-                Restriction::Allowlist
-            } else {
-                Restriction::Unrestricted
-            }
-        };
-        rules.paths.read = restriction(generation.read_restricted);
-        rules.paths.write = restriction(generation.write_restricted);
-        rules.egress.mode = if generation.egress_restricted != 0 {
-            EgressMode::Allowlist
-        } else {
-            EgressMode::Unrestricted
-        };
-        let bit = 1u8 << slot;
-        for item in self.maps.egress4.iter() {
-            self.map_ops += 1;
-            let (key, value) = item.map_err(map_err("EGRESS4", ""))?;
-            if value.slots & bit != 0 {
-                rules.egress.rules.insert(egress_rule::<Egress4Data>(&key));
-            }
-        }
-        for item in self.maps.egress6.iter() {
-            self.map_ops += 1;
-            let (key, value) = item.map_err(map_err("EGRESS6", ""))?;
-            if value.slots & bit != 0 {
-                rules.egress.rules.insert(egress_rule::<Egress6Data>(&key));
-            }
-        }
-        for item in self.maps.paths.iter() {
-            self.map_ops += 1;
-            let (key, value) = item.map_err(map_err("PATHS", ""))?;
-            let Some(prefix) = exact_path(&key) else {
-                continue;
-            };
-            let index = slot as usize;
-            for access in Access::ALL {
-                let mask = access_mask(access);
-                let verdict = if value.deny[index] & mask != 0 {
-                    Some(Verdict::Deny)
-                } else if value.allow[index] & mask != 0 {
-                    Some(Verdict::Allow)
-                } else {
-                    None
-                };
-                if let Some(verdict) = verdict {
-                    rules.paths.rules.insert(
-                        PathRuleKey {
-                            access,
-                            prefix: prefix.clone(),
-                        },
-                        verdict,
-                    );
-                }
-            }
-        }
-        Ok(Applied {
-            generation: generation.generation,
-            rules,
-        })
+        Ok(applied)
     }
 
     fn check_capacity(&self, delta: &Delta) -> Result<(), LoaderError> {
@@ -668,6 +670,13 @@ impl KernelLoader {
 
     /// After a failure: makes every entry's inactive slot equal its active one.
     fn resync_inactive(&mut self) -> Result<(), LoaderError> {
+        // The inactive slot may have been active a moment ago: wait for
+        // probes still reading it before rewriting it (see `sys`).
+        if let Err(error) = sys::rcu_grace_period() {
+            tracing::warn!(
+                "no RCU grace period available ({error}); resynchronising the inactive slot anyway"
+            );
+        }
         let active = self.active_slot;
         let mut touched = Touched {
             egress: self.all_egress_keys()?,
@@ -721,10 +730,14 @@ impl KernelLoader {
         }
 
         self.map_ops += 1;
-        self.maps
-            .active
-            .set(0, next, 0)
-            .map_err(map_err("ACTIVE", "0"))?;
+        if let Err(error) = self.maps.active.set(0, next, 0) {
+            // Not flipped: the previous generation is in force; undo the
+            // inactive slot so a later apply cannot publish these entries.
+            if self.align_slots(&touched, current, next).is_err() {
+                self.dirty = true;
+            }
+            return Err(map_err("ACTIVE", "0")(error));
+        }
         self.active_slot = next;
         self.mirror = Applied {
             generation,
@@ -779,9 +792,23 @@ impl KernelLoader {
             _pad: 0,
         };
         for &tid in threads {
-            let pidfd = sys::pidfd_open(tid, true).map_err(|e| {
-                LoaderError::io(format!("pidfd_open({tid}, PIDFD_THREAD) for pid {pid}"), e)
-            })?;
+            let pidfd = match sys::pidfd_open(tid, true) {
+                Ok(pidfd) => pidfd,
+                // The thread exited after it was listed: nothing to mark.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+                Err(e) => {
+                    return Err(LoaderError::io(
+                        format!("pidfd_open({tid}, PIDFD_THREAD) for pid {pid}"),
+                        e,
+                    ));
+                }
+            };
+            // A TID is reused only after its thread is reaped; if the TID is
+            // still in this process after the pidfd pinned its task, the
+            // pidfd names our thread and not another process's task.
+            if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
+                continue;
+            }
             self.map_ops += 1;
             let result = if confined {
                 sys::task_storage_update(self.maps.task_mark.fd().as_fd(), &pidfd, &mark)
@@ -894,10 +921,45 @@ pub fn event_drop_counter(pin_dir: &Path) -> Option<EventDropCounter> {
     Some(EventDropCounter { counters })
 }
 
+/// Takes the pin dir's exclusive lock, or says who has it.
+fn lock_pin_dir(pin_dir: &Path) -> Result<std::fs::File, LoaderError> {
+    let dir = std::fs::File::open(pin_dir)
+        .map_err(|e| LoaderError::io(format!("opening pin dir {}", pin_dir.display()), e))?;
+    match sys::try_lock_exclusive(&dir) {
+        Ok(true) => Ok(dir),
+        Ok(false) => Err(LoaderError::Busy {
+            pin_dir: pin_dir.to_owned(),
+        }),
+        Err(e) => Err(LoaderError::io(
+            format!("locking pin dir {}", pin_dir.display()),
+            e,
+        )),
+    }
+}
+
+/// The rules in force under `pin_dir`, read straight from the pinned maps
+/// without loading anything or taking the lock: for observers (tests,
+/// tooling) while a daemon owns the pin dir.
+pub fn read_applied(pin_dir: &Path) -> Result<Applied, LoaderError> {
+    let maps_dir = PinLayout::new(pin_dir).maps();
+    let maps = build_maps(|name| {
+        let data = MapData::from_pin(maps_dir.join(name)).map_err(map_err(name, ""))?;
+        Map::from_map_data(data).map_err(map_err(name, ""))
+    })?;
+    Ok(maps.read_back(&mut 0)?.0)
+}
+
 /// Removes every program, link, map and pin under `pin_dir` that this tool
 /// created. Loads nothing, so it works even when the probes cannot load.
 pub fn unload(pin_dir: &Path) -> Result<(), LoaderError> {
     let pins = PinLayout::new(pin_dir);
+    // A loader still running on the pin dir would keep using what we remove.
+    let _lock = match lock_pin_dir(pin_dir) {
+        Err(LoaderError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        other => other?,
+    };
     detach_links(&pins)?;
     for dir in [pins.links(), pins.maps()] {
         if dir.exists() {
@@ -1004,39 +1066,58 @@ fn load_program(
 }
 
 fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, LoaderError> {
-    let task_mark = take(ebpf, "TASK_MARK", |map| match map {
-        Map::Unsupported(data) => Ok(data),
-        _ => Err(MapError::InvalidName {
-            name: "TASK_MARK (expected a task storage map)".into(),
-        }),
-    })?;
-    let mut capacity = BTreeMap::new();
-    let mut lpm = |name: &'static str| {
-        take(ebpf, name, |map| match map {
-            Map::LpmTrie(data) => {
-                capacity.insert(name, data.info()?.max_entries() as usize);
-                Ok(Map::LpmTrie(data))
-            }
-            other => Ok(other),
+    build_maps(|name| {
+        ebpf.take_map(name).ok_or_else(|| LoaderError::Map {
+            map: name,
+            key: String::new(),
+            source: Box::new(MapError::InvalidName { name: name.into() }),
         })
+    })
+}
+
+/// Builds the typed map handles from `get`, which yields each map by name.
+fn build_maps(
+    mut get: impl FnMut(&'static str) -> Result<Map, LoaderError>,
+) -> Result<Maps, LoaderError> {
+    fn typed<T>(
+        name: &'static str,
+        map: Map,
+        convert: impl FnOnce(Map) -> Result<T, MapError>,
+    ) -> Result<T, LoaderError> {
+        convert(map).map_err(map_err(name, ""))
+    }
+    let task_mark = match get("TASK_MARK")? {
+        Map::Unsupported(data) => data,
+        _ => {
+            return Err(LoaderError::Map {
+                map: "TASK_MARK",
+                key: String::new(),
+                source: Box::new(MapError::InvalidName {
+                    name: "TASK_MARK (expected a task storage map)".into(),
+                }),
+            });
+        }
+    };
+    let mut capacity = BTreeMap::new();
+    let mut lpm = |name: &'static str| -> Result<Map, LoaderError> {
+        let map = get(name)?;
+        if let Map::LpmTrie(data) = &map {
+            let info = data.info().map_err(map_err(name, ""))?;
+            capacity.insert(name, info.max_entries() as usize);
+        }
+        Ok(map)
     };
     let (egress4, egress6, paths) = (lpm("EGRESS4")?, lpm("EGRESS6")?, lpm("PATHS")?);
-    let egress4: LpmTrie<MapData, Egress4Data, RuleValue> =
-        LpmTrie::try_from(egress4).map_err(map_err("EGRESS4", ""))?;
-    let egress6: LpmTrie<MapData, Egress6Data, RuleValue> =
-        LpmTrie::try_from(egress6).map_err(map_err("EGRESS6", ""))?;
-    let paths: LpmTrie<MapData, PathData, RuleValue> =
-        LpmTrie::try_from(paths).map_err(map_err("PATHS", ""))?;
     Ok(Maps {
-        active: take(ebpf, "ACTIVE", Array::try_from)?,
-        generations: take(ebpf, "GENERATIONS", Array::try_from)?,
+        active: typed("ACTIVE", get("ACTIVE")?, Array::try_from)?,
+        generations: typed("GENERATIONS", get("GENERATIONS")?, Array::try_from)?,
         task_mark,
-        confined: take(ebpf, "CONFINED", HashMap::try_from)?,
-        egress4,
-        egress6,
-        paths,
-        counters: take(ebpf, "COUNTERS", Array::try_from)?,
-        events: Some(take(ebpf, "EVENTS", RingBuf::try_from)?),
+        confined: typed("CONFINED", get("CONFINED")?, HashMap::try_from)?,
+        egress4: typed("EGRESS4", egress4, LpmTrie::try_from)?,
+        egress6: typed("EGRESS6", egress6, LpmTrie::try_from)?,
+        paths: typed("PATHS", paths, LpmTrie::try_from)?,
+        counters: typed("COUNTERS", get("COUNTERS")?, Array::try_from)?,
+        events: Some(typed("EVENTS", get("EVENTS")?, RingBuf::try_from)?),
         capacity,
     })
 }

@@ -109,6 +109,11 @@ pub enum LoaderError {
         needed: usize,
         capacity: usize,
     },
+    #[error(
+        "another aa-policyd process is using the pin dir {} (stop it, go through it with `aa-policyd exec` without --policy, or pass another --pin-dir)",
+        pin_dir.display()
+    )]
+    Busy { pin_dir: std::path::PathBuf },
     #[error("{0}")]
     Refused(#[from] Refusal),
     #[error("pid {pid}: {reason}")]

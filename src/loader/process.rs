@@ -83,8 +83,9 @@ pub fn with_stopped<T>(
             .map_err(|e| process_err(pid, format!("stopping it (SIGSTOP): {e}")))?;
     }
     let result = wait_all_stopped(pid).and_then(|tids| {
-        // The process is alive (not reaped), so neither its PID nor the
-        // TIDs just listed can belong to another process yet.
+        // The process is alive (not reaped), so its PID is still its own;
+        // each thread's pidfd is checked against the process when it is
+        // marked (a thread's TID can be reused once that thread is reaped).
         sys::pidfd_send_signal(&pidfd, 0)
             .map_err(|e| process_err(pid, format!("exited meanwhile: {e}")))?;
         action(&tids)
@@ -108,7 +109,14 @@ fn wait_all_stopped(pid: u32) -> Result<Vec<u32>, LoaderError> {
             .all(|s| matches!(s, Some('T' | 't' | 'Z' | 'X') | None));
         // Re-list: a thread created just before the stop must be seen.
         if all_stopped && threads(pid)? == tids {
-            return Ok(tids);
+            // A dying thread needs no mark, and its TID may be reused.
+            let live = tids
+                .into_iter()
+                .zip(states)
+                .filter(|(_, state)| matches!(state, Some('T' | 't')))
+                .map(|(tid, _)| tid)
+                .collect();
+            return Ok(live);
         }
         if Instant::now() > deadline {
             return Err(process_err(

@@ -38,7 +38,7 @@ impl NetworkEntry {
             let addr: Ipv6Addr = addr.parse().map_err(|_| {
                 format!("`{raw}` is not a valid IPv6 address or network (write `[addr]:port` for a port)")
             })?;
-            let net = cidr(IpAddr::V6(addr), prefix)?;
+            let net = unmap_v4(cidr(IpAddr::V6(addr), prefix)?);
             return Ok(NetworkEntry::Address(EgressRule { net, port: None }));
         }
         let (host, port) = match raw.rsplit_once(':') {
@@ -90,6 +90,19 @@ impl<'de> Deserialize<'de> for NetworkEntry {
     }
 }
 
+/// An IPv4-mapped IPv6 network (`::ffff:a.b.c.d/len`, len >= 96) as the
+/// IPv4 network it reaches: the probe judges mapped destinations against
+/// the IPv4 rules, so the rule must live there to mean what it says.
+fn unmap_v4(net: IpCidr) -> IpCidr {
+    match net.addr() {
+        IpAddr::V6(v6) if net.prefix_len() >= 96 => match v6.to_ipv4_mapped() {
+            Some(v4) => IpCidr::new(IpAddr::V4(v4), net.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
 /// `[v6]`, `[v6]/len`, `[v6]:port`, `[v6/len]`, `[v6]/len:port`.
 fn parse_bracketed_v6(raw: &str, after_bracket: &str) -> Result<EgressRule, String> {
     let (inside, after) = after_bracket
@@ -119,7 +132,7 @@ fn parse_bracketed_v6(raw: &str, after_bracket: &str) -> Result<EgressRule, Stri
         .parse()
         .map_err(|_| format!("`{addr}` is not a valid IPv6 address"))?;
     Ok(EgressRule {
-        net: cidr(IpAddr::V6(addr), prefix)?,
+        net: unmap_v4(cidr(IpAddr::V6(addr), prefix)?),
         port,
     })
 }
@@ -190,6 +203,13 @@ mod tests {
         assert_eq!(addr("::1"), "::1/128");
         assert_eq!(addr("2001:db8::/32"), "2001:db8::/32");
         assert_eq!(addr("127.0.0.1"), "127.0.0.1/32");
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_entries_become_ipv4_rules() {
+        assert_eq!(addr("[::ffff:127.0.0.1]:8080"), "127.0.0.1/32:8080");
+        assert_eq!(addr("::ffff:10.0.0.0/104"), "10.0.0.0/8");
+        assert_eq!(addr("::/0"), "::/0");
     }
 
     #[test]

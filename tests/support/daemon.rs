@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use aa_policyd::control::client::Client;
 use aa_policyd::control::wire::{Request, Response, StatusReport};
-use aa_policyd::loader::Loader;
-use aa_policyd::loader::kernel::{self, KernelLoader};
+use aa_policyd::loader::kernel;
 use aa_policyd::lower::lower;
 use aa_policyd::policy::Policy;
 use aa_policyd::ruleset::{Arch, RuleSet};
@@ -184,10 +183,12 @@ impl Daemon {
         }
     }
 
-    /// The rule set the kernel maps hold, read by a second loader.
+    /// The rule set the kernel maps hold, read straight from the pins (the
+    /// daemon holds the pin dir's lock).
     pub fn kernel_rules(&self) -> RuleSet {
-        let mut reader = KernelLoader::open(&self.pin_dir).expect("open pinned maps");
-        reader.applied().expect("read back").rules
+        kernel::read_applied(&self.pin_dir)
+            .expect("read the pinned maps")
+            .rules
     }
 
     /// Sends SIGTERM and waits for the daemon to exit.

@@ -38,7 +38,7 @@ fn missing_kernel_support() -> Option<String> {
 
 /// A loader on a private pin dir, unloaded on drop.
 pub struct KernelTest {
-    pub loader: KernelLoader,
+    loader: Option<KernelLoader>,
     pub pin_dir: PathBuf,
 }
 
@@ -58,7 +58,10 @@ pub fn kernel_test(name: &str) -> Option<KernelTest> {
     }
     let pin_dir = unique_pin_dir(name);
     match KernelLoader::open(&pin_dir) {
-        Ok(loader) => Some(KernelTest { loader, pin_dir }),
+        Ok(loader) => Some(KernelTest {
+            loader: Some(loader),
+            pin_dir,
+        }),
         Err(error) => {
             let _ = kernel::unload(&pin_dir);
             panic!("{name}: opening the loader failed: {error}");
@@ -77,6 +80,7 @@ pub fn unique_pin_dir(name: &str) -> PathBuf {
 
 impl Drop for KernelTest {
     fn drop(&mut self) {
+        drop(self.loader.take()); // releases the pin dir's lock
         if let Err(error) = kernel::unload(&self.pin_dir) {
             eprintln!("cleanup of {} failed: {error}", self.pin_dir.display());
         }
@@ -84,10 +88,21 @@ impl Drop for KernelTest {
 }
 
 impl KernelTest {
+    pub fn loader(&mut self) -> &mut KernelLoader {
+        self.loader.as_mut().expect("a loader is open")
+    }
+
+    /// Closes the loader (every fd, as when its process exits) and opens a
+    /// new one on the same pin dir, which adopts what is pinned there.
+    pub fn restart_loader(&mut self) {
+        drop(self.loader.take());
+        self.loader = Some(KernelLoader::open(&self.pin_dir).expect("reopen the loader"));
+    }
+
     /// Applies `rules` as the loader would for a reload.
     pub fn apply_rules(&mut self, rules: &RuleSet) -> Result<ApplyReport, LoaderError> {
-        let applied = self.loader.applied()?;
-        self.loader.apply(&diff(&applied.rules, rules))
+        let applied = self.loader().applied()?;
+        self.loader().apply(&diff(&applied.rules, rules))
     }
 
     /// Applies a policy written as YAML.
@@ -99,13 +114,13 @@ impl KernelTest {
     /// Starts `argv` confined; the child is killed on drop if still running.
     pub fn spawn(&mut self, argv: &[&str]) -> Child {
         let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
-        let child = process::spawn_confined(&mut self.loader, &argv).expect("spawn confined");
+        let child = process::spawn_confined(self.loader(), &argv).expect("spawn confined");
         Child { inner: Some(child) }
     }
 
     pub fn events(&mut self) -> EventReader {
         EventReader {
-            ring: self.loader.take_events().expect("event ring buffer"),
+            ring: self.loader().take_events().expect("event ring buffer"),
             seen: Vec::new(),
         }
     }
