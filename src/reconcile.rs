@@ -86,7 +86,8 @@ pub enum Command {
     ApplyRemote {
         delta: Delta,
         source: DeltaSource,
-        reply: Reply<ReloadRecord>,
+        base_generation: u64,
+        reply: Reply<Result<ReloadRecord, String>>,
     },
     /// A confined process exited: refresh status, detach idle hooks.
     ProcessExited,
@@ -230,9 +231,10 @@ impl Reconciler {
                 Command::ApplyRemote {
                     delta,
                     source,
+                    base_generation,
                     reply,
                 } => {
-                    let record = self.apply_remote(delta, source);
+                    let record = self.apply_remote(delta, source, base_generation);
                     let _ = reply.send(record);
                 }
                 Command::ProcessExited => {
@@ -301,38 +303,39 @@ impl Reconciler {
         record
     }
 
-    fn apply_remote(&mut self, delta: Delta, source: DeltaSource) -> ReloadRecord {
+    /// Applies a remote watcher's delta, only on top of the generation it
+    /// was computed against: applied to anything else it would produce a
+    /// rule set that is neither policy.
+    fn apply_remote(
+        &mut self,
+        delta: Delta,
+        source: DeltaSource,
+        base_generation: u64,
+    ) -> Result<ReloadRecord, String> {
         let started = Instant::now();
+        let applied = self.loader.applied().map_err(|e| e.to_string())?;
+        if applied.generation != base_generation {
+            return Err(format!(
+                "stale delta: computed against generation {base_generation}, but generation {} is in force; fetch the applied rules again",
+                applied.generation
+            ));
+        }
         lifecycle::reloading();
         let good = GoodPolicy {
             sha256: source.sha256,
             text: source.text,
         };
-        // The delta is applied on top of the rules read back from the
-        // kernel, then re-diffed: a watcher with a stale view can only ever
-        // produce its desired rules, never a mix.
-        let record = match self.loader.applied() {
-            Ok(applied) => {
-                let desired = crate::delta::apply(&applied.rules, &delta);
-                self.apply_desired_on(
-                    Trigger::Remote,
-                    started,
-                    &applied.rules,
-                    applied.generation,
-                    desired,
-                    good,
-                )
-            }
-            Err(error) => self.fail(
-                Trigger::Remote,
-                started,
-                Outcome::Failed,
-                error.to_string(),
-                0,
-            ),
-        };
+        let desired = crate::delta::apply(&applied.rules, &delta);
+        let record = self.apply_desired_on(
+            Trigger::Remote,
+            started,
+            &applied.rules,
+            applied.generation,
+            desired,
+            good,
+        );
         lifecycle::reloaded(&self.status_line());
-        record
+        Ok(record)
     }
 
     fn apply_desired(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::control::client::{Client, ClientError};
+use crate::control::frame::MAX_FRAME;
 use crate::control::wire::{DeltaSource, Outcome, ReloadRecord, Request, Response, delta_to_wire};
 use crate::delta::diff;
 use crate::lower::lower;
@@ -39,28 +40,62 @@ pub fn push(client: &mut Client, policy_path: &Path) -> Result<PushOutcome, Clie
         Err(error) => return Ok(PushOutcome::Invalid(error.to_string())),
     };
     let desired = lower(&policy, Arch::native()).rules;
-    let applied = match client.request(&Request::Applied)? {
-        Response::Applied { rules, .. } => {
-            RuleSet::try_from(&rules).map_err(ClientError::Protocol)?
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let sha256: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // A delta computed against a generation that changed meanwhile (SIGHUP,
+    // another watcher) is refused by the daemon: fetch and diff once more.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match push_once(client, policy_path, &desired, &text, &sha256) {
+            Err(ClientError::Daemon(message))
+                if message.starts_with("stale delta") && attempts < 3 =>
+            {
+                continue;
+            }
+            other => return other,
         }
+    }
+}
+
+fn push_once(
+    client: &mut Client,
+    policy_path: &Path,
+    desired: &RuleSet,
+    text: &str,
+    sha256: &str,
+) -> Result<PushOutcome, ClientError> {
+    let (base_generation, applied) = match client.request(&Request::Applied)? {
+        Response::Applied { generation, rules } => (
+            generation,
+            RuleSet::try_from(&rules).map_err(ClientError::Protocol)?,
+        ),
         other => return Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
     };
-    let delta = diff(&applied, &desired);
+    let delta = diff(&applied, desired);
     if delta.is_empty() {
         return Ok(PushOutcome::Unchanged);
     }
-    let source = DeltaSource {
-        policy_path: policy_path.display().to_string(),
-        sha256: Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    };
-    match client.request(&Request::ApplyDelta {
+    let mut request = Request::ApplyDelta {
         ops: delta_to_wire(&delta),
-        source,
-    })? {
+        source: DeltaSource {
+            policy_path: policy_path.display().to_string(),
+            sha256: sha256.to_owned(),
+            text: text.to_owned(),
+        },
+        base_generation,
+    };
+    // The text only feeds the daemon's diff log; drop it rather than the
+    // change when the frame would be too large.
+    if serde_json::to_vec(&request).map_or(0, |b| b.len()) > MAX_FRAME
+        && let Request::ApplyDelta { source, .. } = &mut request
+    {
+        source.text = String::from("(policy text too large to send with the delta)");
+    }
+    match client.request(&request)? {
         Response::Reload(record) => Ok(PushOutcome::Sent(record)),
         other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
     }

@@ -273,3 +273,38 @@ fn a_no_watch_daemon_ignores_saves_while_no_watcher_runs() {
     daemon.wait_for("generation 2", |s| s.generation == 2);
     assert_eq!(daemon.kernel_rules(), rules_of(&new));
 }
+
+#[test]
+fn a_delta_computed_against_an_older_generation_is_refused_as_stale() {
+    use aa_policyd::control::client::ClientError;
+    use aa_policyd::control::wire::{DeltaSource, Request, Response, delta_to_wire};
+    let Some(daemon) = Daemon::start("remote_stale", &policy_text("kcmp"), &["--no-watch"]) else {
+        return;
+    };
+    let mut client = daemon.client();
+    let generation = match client.request(&Request::Applied).expect("applied") {
+        Response::Applied { generation, .. } => generation,
+        other => panic!("unexpected {other:?}"),
+    };
+    let delta = aa_policyd::delta::diff(
+        &rules_of(&policy_text("kcmp")),
+        &rules_of(&policy_text("syslog")),
+    );
+    let stale = Request::ApplyDelta {
+        ops: delta_to_wire(&delta),
+        source: DeltaSource {
+            policy_path: "test".into(),
+            sha256: "0".repeat(64),
+            text: String::new(),
+        },
+        base_generation: generation + 7,
+    };
+    match client.request(&stale) {
+        Err(ClientError::Daemon(message)) => {
+            assert!(message.starts_with("stale delta"), "{message}")
+        }
+        other => panic!("a stale delta was not refused: {other:?}"),
+    }
+    assert_eq!(daemon.status().generation, generation, "nothing applied");
+    assert_eq!(daemon.kernel_rules(), rules_of(&policy_text("kcmp")));
+}

@@ -66,6 +66,13 @@ impl Client {
     pub fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
         let bytes =
             serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if bytes.len() > super::frame::MAX_FRAME {
+            return Err(ClientError::Protocol(format!(
+                "the request is {} bytes, over the {}-byte frame limit",
+                bytes.len(),
+                super::frame::MAX_FRAME
+            )));
+        }
         if let Err(write_error) = self.stream.write_all(&encode(&bytes)) {
             // The daemon may have answered and closed already (a refusal):
             // its reason is more useful than our EPIPE.

@@ -53,6 +53,32 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// Whether this peer may confine or release `pid`: root may act on any
+    /// process; a member of the control group only on its own (a process
+    /// whose real uid is the peer's), so the group grants policy work, not
+    /// power over other users' processes.
+    pub fn may_manage(&self, pid: u32) -> Result<(), String> {
+        if self.uid == 0 {
+            return Ok(());
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|_| format!("pid {pid}: no such process"))?;
+        let owner = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok())
+            .ok_or_else(|| format!("pid {pid}: cannot read its owner"))?;
+        if owner == self.uid {
+            Ok(())
+        } else {
+            Err(format!(
+                "permission denied: pid {pid} belongs to uid {owner}; only root may confine or release another user's process"
+            ))
+        }
+    }
+}
+
 /// SO_PEERGROUPS: the peer's supplementary groups at connect time.
 fn peer_groups(fd: i32) -> io::Result<Vec<u32>> {
     let mut groups = vec![0u32; 64];
@@ -117,6 +143,27 @@ mod tests {
         assert!(peer(1000, 1000, &[5, 999]).authorized(Some(999)));
         assert!(!peer(1000, 1000, &[5]).authorized(Some(999)));
         assert!(!peer(1000, 1000, &[5]).authorized(None));
+    }
+
+    #[test]
+    fn a_non_root_peer_may_manage_only_its_own_processes() {
+        let peer = |uid| Peer {
+            pid: None,
+            uid,
+            gid: uid,
+            groups: Vec::new(),
+        };
+        // SAFETY: getuid cannot fail.
+        let me = unsafe { libc::getuid() };
+        assert!(peer(0).may_manage(1).is_ok());
+        assert!(peer(me).may_manage(std::process::id()).is_ok());
+        let stranger = peer(me.wrapping_add(4242));
+        assert!(
+            stranger
+                .may_manage(std::process::id())
+                .unwrap_err()
+                .contains("permission denied")
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::timeout;
 
 use super::CONTROL_GROUP;
-use super::frame::{FrameDecoder, FrameError, read_frame, write_frame};
+use super::frame::{FrameDecoder, FrameError, MAX_FRAME, read_frame, write_frame};
 use super::peer::{Peer, group_id};
 use super::wire::{
     PROTOCOL_VERSION, Request, Response, StatusReport, WireEvent, WireRuleSet, delta_from_wire,
@@ -103,7 +103,15 @@ async fn send(
     writer: &mut (impl AsyncWriteExt + Unpin),
     response: &Response,
 ) -> Result<(), String> {
-    let bytes = serde_json::to_vec(response).map_err(|e| e.to_string())?;
+    let mut bytes = serde_json::to_vec(response).map_err(|e| e.to_string())?;
+    if bytes.len() > MAX_FRAME {
+        // Say so rather than close: the client learns why it got nothing.
+        let message = format!(
+            "the response is {} bytes, over the {MAX_FRAME}-byte frame limit (the rule set in force is too large to send in one frame)",
+            bytes.len()
+        );
+        bytes = serde_json::to_vec(&error(message)).map_err(|e| e.to_string())?;
+    }
     match timeout(REQUEST_TIMEOUT, write_frame(writer, &bytes)).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err("client did not read its response in time".into()),
@@ -222,18 +230,20 @@ async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), Strin
             Request::Status => {
                 Response::Status(Box::new(StatusReport::clone(&context.status.load())))
             }
-            Request::Confine { pid } => {
-                match ask(context, |reply| Command::Confine { pid, reply }).await {
+            Request::Confine { pid } => match peer.may_manage(pid) {
+                Err(e) => error(e),
+                Ok(()) => match ask(context, |reply| Command::Confine { pid, reply }).await {
                     Ok(Ok(())) => Response::Done,
                     Ok(Err(e)) | Err(e) => error(e),
-                }
-            }
-            Request::Release { pid } => {
-                match ask(context, |reply| Command::Release { pid, reply }).await {
+                },
+            },
+            Request::Release { pid } => match peer.may_manage(pid) {
+                Err(e) => error(e),
+                Ok(()) => match ask(context, |reply| Command::Release { pid, reply }).await {
                     Ok(Ok(())) => Response::Done,
                     Ok(Err(e)) | Err(e) => error(e),
-                }
-            }
+                },
+            },
             Request::Applied => match ask(context, |reply| Command::Applied { reply }).await {
                 Ok(Ok((generation, rules))) => Response::Applied {
                     generation,
@@ -241,17 +251,22 @@ async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), Strin
                 },
                 Ok(Err(e)) | Err(e) => error(e),
             },
-            Request::ApplyDelta { ops, source } => match delta_from_wire(&ops) {
+            Request::ApplyDelta {
+                ops,
+                source,
+                base_generation,
+            } => match delta_from_wire(&ops) {
                 Err(e) => error(format!("invalid delta: {e}")),
                 Ok(delta) => match ask(context, |reply| Command::ApplyRemote {
                     delta,
                     source,
+                    base_generation,
                     reply,
                 })
                 .await
                 {
-                    Ok(record) => Response::Reload(record),
-                    Err(e) => error(e),
+                    Ok(Ok(record)) => Response::Reload(record),
+                    Ok(Err(e)) | Err(e) => error(e),
                 },
             },
             Request::Subscribe => {

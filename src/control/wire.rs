@@ -38,6 +38,9 @@ pub enum Request {
     ApplyDelta {
         ops: Vec<WireOp>,
         source: DeltaSource,
+        /// The generation the delta was computed against; the daemon
+        /// refuses it if the kernel has moved on (compare-and-swap).
+        base_generation: u64,
     },
     /// Stream probe events until the connection closes.
     Subscribe,
