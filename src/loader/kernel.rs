@@ -921,19 +921,35 @@ pub fn event_drop_counter(pin_dir: &Path) -> Option<EventDropCounter> {
     Some(EventDropCounter { counters })
 }
 
-/// Takes the pin dir's exclusive lock, or says who has it.
+/// Takes the pin dir's exclusive lock, or says it is in use.
+///
+/// Retries for a moment first: a child forked by any thread of a process
+/// that held the lock keeps a copy of its file description until it execs,
+/// which can outlive the holder by a few milliseconds. A real second loader
+/// holds it for its whole life.
 fn lock_pin_dir(pin_dir: &Path) -> Result<std::fs::File, LoaderError> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
     let dir = std::fs::File::open(pin_dir)
         .map_err(|e| LoaderError::io(format!("opening pin dir {}", pin_dir.display()), e))?;
-    match sys::try_lock_exclusive(&dir) {
-        Ok(true) => Ok(dir),
-        Ok(false) => Err(LoaderError::Busy {
-            pin_dir: pin_dir.to_owned(),
-        }),
-        Err(e) => Err(LoaderError::io(
-            format!("locking pin dir {}", pin_dir.display()),
-            e,
-        )),
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        match sys::try_lock_exclusive(&dir) {
+            Ok(true) => return Ok(dir),
+            Ok(false) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(false) => {
+                return Err(LoaderError::Busy {
+                    pin_dir: pin_dir.to_owned(),
+                });
+            }
+            Err(e) => {
+                return Err(LoaderError::io(
+                    format!("locking pin dir {}", pin_dir.display()),
+                    e,
+                ));
+            }
+        }
     }
 }
 

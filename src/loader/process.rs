@@ -221,8 +221,9 @@ impl Drop for StoppedChild {
     }
 }
 
-/// Forks a child that stops itself before exec'ing `argv`, and waits until
-/// it has stopped. Nothing of `argv` runs until `resume`.
+/// Forks a child that closes every inherited fd but 0-2, stops itself
+/// before exec'ing `argv`, and waits until it has stopped. Nothing of `argv`
+/// runs until `resume`.
 pub fn spawn_stopped(argv: &[OsString]) -> Result<StoppedChild, LoaderError> {
     let program = argv
         .first()
@@ -242,7 +243,8 @@ pub fn spawn_stopped(argv: &[OsString]) -> Result<StoppedChild, LoaderError> {
     c_argv.push(std::ptr::null());
 
     // SAFETY: after fork the child only calls async-signal-safe functions
-    // (getpid, kill, execv, _exit) on data prepared before the fork.
+    // (close_range, getpid, kill, execv, _exit) on data prepared before the
+    // fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(process_err(
@@ -252,6 +254,10 @@ pub fn spawn_stopped(argv: &[OsString]) -> Result<StoppedChild, LoaderError> {
     }
     if pid == 0 {
         unsafe {
+            // Keep only stdin, stdout and stderr: the child must not hold the
+            // supervisor's BPF map, link or lock fds even for the moment
+            // between being marked and exec'ing.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             libc::kill(libc::getpid(), libc::SIGSTOP);
             libc::execv(c_path.as_ptr(), c_argv.as_ptr());
             libc::_exit(127);
