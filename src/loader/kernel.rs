@@ -7,7 +7,8 @@
 //! 1. write the inactive slot: the fixed-size `GENERATIONS[next]` whole, and
 //!    the slot bit / access masks of each changed LPM entry (ops ∝ change);
 //! 2. flip `ACTIVE` (one write): from now on probes read `next`;
-//! 3. wait an RCU grace period, so no probe still reads the old slot;
+//! 3. wait an RCU grace period (`sys::GracePeriod`), so no probe still
+//!    reads the old slot;
 //! 4. bring the old slot's bits of the changed entries in line (or delete
 //!    entries that no slot holds).
 //!
@@ -241,6 +242,7 @@ pub struct KernelLoader {
     map_ops: u64,
     /// An entry's inactive-slot bits may disagree with its active ones.
     dirty: bool,
+    grace: sys::GracePeriod,
 }
 
 fn map_err(map: &'static str, key: impl Into<String>) -> impl FnOnce(MapError) -> LoaderError {
@@ -305,6 +307,9 @@ impl KernelLoader {
             active_slot: 0,
             map_ops: 0,
             dirty: false,
+            grace: sys::GracePeriod::new().map_err(|e| {
+                LoaderError::io("creating the grace-period maps (bpf_map_create)", e)
+            })?,
         };
         loader.mirror = loader.read_back()?;
         Ok(loader)
@@ -672,11 +677,9 @@ impl KernelLoader {
     fn resync_inactive(&mut self) -> Result<(), LoaderError> {
         // The inactive slot may have been active a moment ago: wait for
         // probes still reading it before rewriting it (see `sys`).
-        if let Err(error) = sys::rcu_grace_period() {
-            tracing::warn!(
-                "no RCU grace period available ({error}); resynchronising the inactive slot anyway"
-            );
-        }
+        self.grace.wait().map_err(|e| {
+            LoaderError::io("waiting for an RCU grace period (bpf_map_update_elem)", e)
+        })?;
         let active = self.active_slot;
         let mut touched = Touched {
             egress: self.all_egress_keys()?,
@@ -743,7 +746,7 @@ impl KernelLoader {
             generation,
             rules: desired,
         };
-        if sys::rcu_grace_period().is_err() || self.align_slots(&touched, next, current).is_err() {
+        if self.grace.wait().is_err() || self.align_slots(&touched, next, current).is_err() {
             self.dirty = true;
         }
         Ok(ApplyReport {

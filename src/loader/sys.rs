@@ -8,7 +8,7 @@
 use std::ffi::CString;
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
@@ -147,17 +147,85 @@ pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
     }
 }
 
-/// Waits for an RCU grace period: every BPF program invocation that started
-/// before this call has finished when it returns (~10 ms). The generation
-/// flip relies on it before the old slot is rewritten.
-pub fn rcu_grace_period() -> io::Result<()> {
-    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
-    // SAFETY: plain syscall without pointers.
-    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+/// The `BPF_MAP_CREATE` member of `union bpf_attr` (the fields used here).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+}
+
+#[repr(C, align(8))]
+union CreateAttr {
+    create: MapCreateAttr,
+    _size: [u8; 128],
+}
+
+fn create_map(map_type: u32, inner_map_fd: Option<BorrowedFd<'_>>) -> io::Result<OwnedFd> {
+    // SAFETY: an all-zero bpf_attr is valid; the kernel reads `create` only.
+    let mut attr: CreateAttr = unsafe { std::mem::zeroed() };
+    attr.create = MapCreateAttr {
+        map_type,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        map_flags: 0,
+        inner_map_fd: inner_map_fd.map_or(0, |fd| fd.as_raw_fd() as u32),
+    };
+    // SAFETY: bpf(2) with a correctly sized attr.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &mut attr as *mut CreateAttr,
+            std::mem::size_of::<CreateAttr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// RCU grace periods on demand: after `wait` returns, every BPF program
+/// invocation that started before it has finished (~10 ms).
+///
+/// Why a map-in-map: updating an array-of-maps slot from a syscall makes
+/// the kernel call `synchronize_rcu()` before returning (so userspace knows
+/// no program still sees the old inner map). Unlike
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)`, that always waits: it is not refused
+/// under `nohz_full`, nor skipped when a single CPU is online. The maps are
+/// private to the loader and hold nothing.
+pub struct GracePeriod {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+impl GracePeriod {
+    pub fn new() -> io::Result<GracePeriod> {
+        let inner = create_map(BPF_MAP_TYPE_ARRAY, None)?;
+        let outer = create_map(BPF_MAP_TYPE_ARRAY_OF_MAPS, Some(inner.as_fd()))?;
+        Ok(GracePeriod { outer, inner })
+    }
+
+    pub fn wait(&self) -> io::Result<()> {
+        let key = 0u32;
+        let value = self.inner.as_raw_fd() as u32;
+        bpf_elem(
+            BPF_MAP_UPDATE_ELEM,
+            self.outer.as_fd(),
+            (&key as *const u32).cast(),
+            (&value as *const u32).cast(),
+        )
     }
 }
 
