@@ -22,15 +22,7 @@ pub fn lowered_json(lowered: &Lowered) -> Value {
 
 /// A rule set as JSON.
 pub fn ruleset_json(rules: &RuleSet) -> Value {
-    let syscalls = match &rules.syscalls {
-        SyscallRule::Unrestricted => json!({ "kind": "unrestricted" }),
-        SyscallRule::Allow(set) => json!({
-            "kind": "allowlist",
-            "arch": set.arch(),
-            "count": set.len(),
-            "allow": set.numbers().map(|n| json!({ "nr": n, "name": set.name_of(n) })).collect::<Vec<_>>(),
-        }),
-    };
+    let syscalls = syscalls_json(&rules.syscalls);
     let path_rules: Vec<Value> = rules
         .paths
         .rules
@@ -50,6 +42,19 @@ pub fn ruleset_json(rules: &RuleSet) -> Value {
         "egress": { "mode": rules.egress.mode, "rules": egress_rules },
         "counts": RuleCounts::of(rules),
     })
+}
+
+/// A syscall rule as JSON: `{"kind": "unrestricted"}` or the allowlist.
+fn syscalls_json(rule: &SyscallRule) -> Value {
+    match rule {
+        SyscallRule::Unrestricted => json!({ "kind": "unrestricted" }),
+        SyscallRule::Allow(set) => json!({
+            "kind": "allowlist",
+            "arch": set.arch(),
+            "count": set.len(),
+            "allow": set.numbers().map(|n| json!({ "nr": n, "name": set.name_of(n) })).collect::<Vec<_>>(),
+        }),
+    }
 }
 
 /// The human summary printed by `check`.
@@ -187,7 +192,7 @@ pub fn delta_json(delta: &Delta, applied: &RuleSet) -> Value {
                     (SyscallRule::Allow(old), SyscallRule::Allow(new)) => syscall_names_changed(old, new),
                     _ => (Vec::new(), Vec::new()),
                 };
-                json!({ "op": "set_syscalls", "to": ruleset_json(&RuleSet { syscalls: *rule, ..RuleSet::unrestricted() })["syscalls"], "added": added, "removed": removed })
+                json!({ "op": "set_syscalls", "to": syscalls_json(rule), "added": added, "removed": removed })
             }
             Op::SetPathRestriction { access, restriction } => {
                 json!({ "op": "set_path_restriction", "access": access, "restriction": restriction })
