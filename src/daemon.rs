@@ -6,7 +6,6 @@
 //! this file is only plumbing — which thread runs what, and what happens on
 //! SIGHUP, SIGTERM and SIGINT.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::server::{self, BindError, ServerContext};
 use crate::control::wire::WireEvent;
-use crate::events::{Event, EventKind, RateLimitedLog};
+use crate::events::{self, EventKind, RateLimitedLog};
 use crate::lifecycle;
 use crate::loader::LoaderError;
 use crate::loader::kernel::{self, KernelLoader};
@@ -187,10 +186,7 @@ fn read_events(
     let mut log = RateLimitedLog::new(EVENTS_LOGGED_PER_SECOND);
     loop {
         let mut exited = false;
-        while let Some(item) = ring.next() {
-            let Some(event) = Event::decode(&item) else {
-                continue;
-            };
+        events::drain(&mut ring, |event| {
             log.log(&event);
             exited |= event.kind == EventKind::Exit;
             let _ = events.send(WireEvent {
@@ -200,18 +196,13 @@ fn read_events(
                 mode: event.mode,
                 message: event.to_string(),
             });
-        }
+        });
         if exited && commands.send(Command::ProcessExited).is_err() {
             return;
         }
         log.roll_window(drops.as_ref().and_then(|counter| counter.read()));
-        let mut pollfd = libc::pollfd {
-            fd: ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd; the timeout lets suppressed counts flush.
-        unsafe { libc::poll(&mut pollfd, 1, 500) };
+        // The timeout lets suppressed counts flush during a quiet spell.
+        events::wait_readable(&ring, 500);
     }
 }
 

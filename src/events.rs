@@ -186,6 +186,26 @@ impl Event {
     }
 }
 
+/// Hands every event waiting in the probes' ring buffer to `on_event`.
+pub fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, mut on_event: impl FnMut(Event)) {
+    while let Some(item) = ring.next() {
+        if let Some(event) = Event::decode(&item) {
+            on_event(event);
+        }
+    }
+}
+
+/// Waits until the ring buffer has data or `timeout_ms` passes.
+pub fn wait_readable(ring: &aya::maps::RingBuf<aya::maps::MapData>, timeout_ms: i32) {
+    let mut pollfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(ring),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+}
+
 /// Logs every event, up to `per_second` a second; beyond that, counts them
 /// and logs how many were suppressed once the flood's second is over,
 /// together with how many the kernel dropped (ring buffer full).

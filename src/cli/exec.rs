@@ -2,14 +2,13 @@
 //! confined, standalone (no daemon), and exit with its status.
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use aa_policyd::delta::diff;
-use aa_policyd::events::Event;
+use aa_policyd::events;
 use aa_policyd::loader::Loader;
 use aa_policyd::loader::kernel::KernelLoader;
 use aa_policyd::loader::process::spawn_confined;
@@ -75,20 +74,11 @@ pub fn through_daemon(socket: &Path, argv: &[OsString]) -> anyhow::Result<ExitCo
 fn stream_events(mut ring: aya::maps::RingBuf<aya::maps::MapData>, done: &AtomicBool) {
     loop {
         let finishing = done.load(Ordering::Relaxed);
-        while let Some(item) = ring.next() {
-            if let Some(event) = Event::decode(&item) {
-                event.log();
-            }
-        }
+        events::drain(&mut ring, |event| event.log());
         if finishing {
             return;
         }
-        let mut pollfd = libc::pollfd {
-            fd: ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd; a 50 ms timeout re-checks `done`.
-        unsafe { libc::poll(&mut pollfd, 1, 50) };
+        // A short timeout re-checks `done`.
+        events::wait_readable(&ring, 50);
     }
 }
