@@ -42,18 +42,24 @@ pub struct KernelTest {
     pub pin_dir: PathBuf,
 }
 
-/// Opens a loader for one test, or returns `None` after saying loudly why
-/// the test is skipped. Panics instead when `AA_REQUIRE_KERNEL=1`.
+/// Whether kernel test `name` can run here; says loudly why not. Panics
+/// instead when `AA_REQUIRE_KERNEL=1`. For tests whose kernel work is done
+/// by another process (the daemon, `exec`): it loads nothing.
+pub fn kernel_available(name: &str) -> bool {
+    let Some(why) = missing_kernel_support() else {
+        return true;
+    };
+    if std::env::var("AA_REQUIRE_KERNEL").as_deref() == Ok("1") {
+        panic!("kernel test {name} cannot run ({why}) and AA_REQUIRE_KERNEL=1 forbids skipping");
+    }
+    eprintln!("SKIPPED kernel test {name}: {why} (set AA_REQUIRE_KERNEL=1 to make this a failure)");
+    false
+}
+
+/// Opens a loader for one test, or `None` when kernel tests are skipped
+/// (see `kernel_available`).
 pub fn kernel_test(name: &str) -> Option<KernelTest> {
-    if let Some(why) = missing_kernel_support() {
-        if std::env::var("AA_REQUIRE_KERNEL").as_deref() == Ok("1") {
-            panic!(
-                "kernel test {name} cannot run ({why}) and AA_REQUIRE_KERNEL=1 forbids skipping"
-            );
-        }
-        eprintln!(
-            "SKIPPED kernel test {name}: {why} (set AA_REQUIRE_KERNEL=1 to make this a failure)"
-        );
+    if !kernel_available(name) {
         return None;
     }
     let pin_dir = unique_pin_dir(name);
@@ -200,11 +206,8 @@ impl EventReader {
     pub fn wait_for(&mut self, want: impl Fn(&Event) -> bool) -> Option<Event> {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            while let Some(item) = self.ring.next() {
-                if let Some(event) = Event::decode(&item) {
-                    self.seen.push(event);
-                }
-            }
+            let seen = &mut self.seen;
+            aa_policyd::events::drain(&mut self.ring, |event| seen.push(event));
             if let Some(event) = self.seen.iter().find(|e| want(e)) {
                 return Some(event.clone());
             }
