@@ -10,8 +10,14 @@
 //! watcher, still cannot empty the allowlist under a confined process.
 
 pub mod abi;
+mod confinement;
+mod generations;
+mod hooks;
 pub mod kernel;
+mod maps;
+mod pins;
 pub mod process;
+mod rule_keys;
 mod sys;
 
 use std::io;

@@ -1,0 +1,245 @@
+//! The probes' pinned maps as typed aya handles, and reading the rules in
+//! force back out of them.
+//!
+//! Why this exists: every map is declared once in `probes/aa_policy.h`;
+//! here it gets its Rust type, its name for error messages, and its
+//! capacity. `read_back` is the one function that turns the active slot
+//! into a `RuleSet` (invariant 3: deltas are computed against it).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aya::Ebpf;
+use aya::maps::lpm_trie::LpmTrie;
+use aya::maps::{Array, HashMap, Map, MapData, MapError, RingBuf};
+
+use super::abi::{self, Confined, Egress4Data, Egress6Data, Generation, PathData, RuleValue};
+use super::pins::PinLayout;
+use super::rule_keys::{access_mask, egress_rule, exact_path};
+use super::{Applied, LoaderError};
+use crate::ruleset::{
+    Access, Arch, EgressMode, Mode, PathRuleKey, Restriction, RuleSet, SyscallRule, SyscallSet,
+    Verdict,
+};
+
+/// Every pinned map, by the name the probes give it.
+pub(super) const MAPS: [&str; 10] = [
+    "ACTIVE",
+    "GENERATIONS",
+    "TASK_MARK",
+    "CONFINED",
+    "CURRENT_CONFINED",
+    "EGRESS4",
+    "EGRESS6",
+    "PATHS",
+    "EVENTS",
+    "COUNTERS",
+];
+
+pub(super) struct Maps {
+    pub(super) active: Array<MapData, u32>,
+    pub(super) generations: Array<MapData, Generation>,
+    pub(super) task_mark: MapData,
+    pub(super) confined: HashMap<MapData, u32, Confined>,
+    pub(super) egress4: LpmTrie<MapData, Egress4Data, RuleValue>,
+    pub(super) egress6: LpmTrie<MapData, Egress6Data, RuleValue>,
+    pub(super) paths: LpmTrie<MapData, PathData, RuleValue>,
+    pub(super) counters: Array<MapData, u64>,
+    pub(super) events: Option<RingBuf<MapData>>,
+    pub(super) capacity: BTreeMap<&'static str, usize>,
+}
+
+impl Maps {
+    /// Reads the active slot's rules back from the maps.
+    pub(super) fn read_back(&self, ops: &mut u64) -> Result<(Applied, u32), LoaderError> {
+        *ops += 2;
+        let slot = self.active.get(&0, 0).map_err(map_err("ACTIVE", "0"))? & 1;
+        let generation = self
+            .generations
+            .get(&slot, 0)
+            .map_err(map_err("GENERATIONS", slot.to_string()))?;
+        let mut rules = RuleSet::unrestricted();
+        rules.mode = if generation.mode == abi::MODE_AUDIT {
+            Mode::Audit
+        } else {
+            Mode::Enforce
+        };
+        rules.syscalls = if generation.syscalls_restricted != 0 {
+            SyscallRule::Allow(SyscallSet::from_words(
+                Arch::native(),
+                generation.syscall_allow,
+            ))
+        } else {
+            SyscallRule::Unrestricted
+        };
+        let restriction = |flag: u32| {
+            if flag != 0 {
+                Restriction::Allowlist
+            } else {
+                Restriction::Unrestricted
+            }
+        };
+        rules.paths.read = restriction(generation.read_restricted);
+        rules.paths.write = restriction(generation.write_restricted);
+        rules.egress.mode = if generation.egress_restricted != 0 {
+            EgressMode::Allowlist
+        } else {
+            EgressMode::Unrestricted
+        };
+        let bit = 1u8 << slot;
+        for item in self.egress4.iter() {
+            *ops += 1;
+            let (key, value) = item.map_err(map_err("EGRESS4", ""))?;
+            if value.slots & bit != 0 {
+                rules.egress.rules.insert(egress_rule::<Egress4Data>(&key));
+            }
+        }
+        for item in self.egress6.iter() {
+            *ops += 1;
+            let (key, value) = item.map_err(map_err("EGRESS6", ""))?;
+            if value.slots & bit != 0 {
+                rules.egress.rules.insert(egress_rule::<Egress6Data>(&key));
+            }
+        }
+        for item in self.paths.iter() {
+            *ops += 1;
+            let (key, value) = item.map_err(map_err("PATHS", ""))?;
+            let Some(prefix) = exact_path(&key) else {
+                continue;
+            };
+            let index = slot as usize;
+            for access in Access::ALL {
+                let mask = access_mask(access);
+                let verdict = if value.deny[index] & mask != 0 {
+                    Some(Verdict::Deny)
+                } else if value.allow[index] & mask != 0 {
+                    Some(Verdict::Allow)
+                } else {
+                    None
+                };
+                if let Some(verdict) = verdict {
+                    rules.paths.rules.insert(
+                        PathRuleKey {
+                            access,
+                            prefix: prefix.clone(),
+                        },
+                        verdict,
+                    );
+                }
+            }
+        }
+        Ok((
+            Applied {
+                generation: generation.generation,
+                rules,
+            },
+            slot,
+        ))
+    }
+}
+
+/// A `LoaderError::Map` naming the map and, when given, the key.
+pub(super) fn map_err(
+    map: &'static str,
+    key: impl Into<String>,
+) -> impl FnOnce(MapError) -> LoaderError {
+    let key = key.into();
+    move |source| LoaderError::Map {
+        map,
+        key: if key.is_empty() {
+            key
+        } else {
+            format!(" key {key}")
+        },
+        source: Box::new(source),
+    }
+}
+
+/// The rules in force under `pin_dir`, read straight from the pinned maps
+/// without loading anything or taking the lock: for observers (tests,
+/// tooling) while a daemon owns the pin dir.
+pub fn read_applied(pin_dir: &Path) -> Result<Applied, LoaderError> {
+    let maps_dir = PinLayout::new(pin_dir).maps();
+    let maps = build_maps(|name| {
+        let data = MapData::from_pin(maps_dir.join(name)).map_err(map_err(name, ""))?;
+        Map::from_map_data(data).map_err(map_err(name, ""))
+    })?;
+    Ok(maps.read_back(&mut 0)?.0)
+}
+
+/// A read-only handle on the probes' event-drop counter, for a thread that
+/// does not own the loader (the daemon's event reader).
+pub struct EventDropCounter {
+    counters: Array<MapData, u64>,
+}
+
+impl EventDropCounter {
+    pub fn read(&self) -> Option<u64> {
+        self.counters.get(&abi::COUNTER_EVENT_DROPS, 0).ok()
+    }
+}
+
+/// Opens the pinned COUNTERS map of `pin_dir`, if it is there.
+pub fn event_drop_counter(pin_dir: &Path) -> Option<EventDropCounter> {
+    let path = PinLayout::new(pin_dir).maps().join("COUNTERS");
+    let data = MapData::from_pin(&path).ok()?;
+    let counters = Array::try_from(Map::Array(data)).ok()?;
+    Some(EventDropCounter { counters })
+}
+
+pub(super) fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, LoaderError> {
+    build_maps(|name| {
+        ebpf.take_map(name).ok_or_else(|| LoaderError::Map {
+            map: name,
+            key: String::new(),
+            source: Box::new(MapError::InvalidName { name: name.into() }),
+        })
+    })
+}
+
+/// Builds the typed map handles from `get`, which yields each map by name.
+fn build_maps(
+    mut get: impl FnMut(&'static str) -> Result<Map, LoaderError>,
+) -> Result<Maps, LoaderError> {
+    fn typed<T>(
+        name: &'static str,
+        map: Map,
+        convert: impl FnOnce(Map) -> Result<T, MapError>,
+    ) -> Result<T, LoaderError> {
+        convert(map).map_err(map_err(name, ""))
+    }
+    let task_mark = match get("TASK_MARK")? {
+        Map::Unsupported(data) => data,
+        _ => {
+            return Err(LoaderError::Map {
+                map: "TASK_MARK",
+                key: String::new(),
+                source: Box::new(MapError::InvalidName {
+                    name: "TASK_MARK (expected a task storage map)".into(),
+                }),
+            });
+        }
+    };
+    let mut capacity = BTreeMap::new();
+    let mut lpm = |name: &'static str| -> Result<Map, LoaderError> {
+        let map = get(name)?;
+        if let Map::LpmTrie(data) = &map {
+            let info = data.info().map_err(map_err(name, ""))?;
+            capacity.insert(name, info.max_entries() as usize);
+        }
+        Ok(map)
+    };
+    let (egress4, egress6, paths) = (lpm("EGRESS4")?, lpm("EGRESS6")?, lpm("PATHS")?);
+    Ok(Maps {
+        active: typed("ACTIVE", get("ACTIVE")?, Array::try_from)?,
+        generations: typed("GENERATIONS", get("GENERATIONS")?, Array::try_from)?,
+        task_mark,
+        confined: typed("CONFINED", get("CONFINED")?, HashMap::try_from)?,
+        egress4: typed("EGRESS4", egress4, LpmTrie::try_from)?,
+        egress6: typed("EGRESS6", egress6, LpmTrie::try_from)?,
+        paths: typed("PATHS", paths, LpmTrie::try_from)?,
+        counters: typed("COUNTERS", get("COUNTERS")?, Array::try_from)?,
+        events: Some(typed("EVENTS", get("EVENTS")?, RingBuf::try_from)?),
+        capacity,
+    })
+}
