@@ -1,31 +1,115 @@
 /* The few kernel types the probes read, as CO-RE declarations.
  *
- * Why this exists instead of a 134k-line vmlinux.h: the probes touch five
- * fields. `preserve_access_index` makes clang emit relocations by field
- * name, so libbpf-style loaders (aya) fix the offsets against the running
- * kernel's BTF; the declared layout here never has to match.
+ * Why this exists instead of a 134k-line vmlinux.h: the probes touch a few
+ * dozen fields. `preserve_access_index` makes clang emit relocations by
+ * field name, so libbpf-style loaders (aya) fix the offsets against the
+ * running kernel's BTF; the declared layout here never has to match.
  */
 #ifndef AA_KERNEL_H
 #define AA_KERNEL_H
 
 #include <linux/types.h>
 
+#define AA_CORE __attribute__((preserve_access_index))
+
 struct thread_info {
-	__u32 status; /* TS_COMPAT lives here on x86 */
-} __attribute__((preserve_access_index));
+	unsigned long syscall_work; /* SYSCALL_WORK_* bits (generic entry) */
+	__u32 status;               /* TS_COMPAT lives here on x86 */
+} AA_CORE;
+
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+	unsigned long dx;
+	unsigned long r10;
+	unsigned long r8;
+	unsigned long orig_ax;
+} AA_CORE;
+
+struct upid {
+	int nr;
+} AA_CORE;
+
+/* numbers[0] is the number in the initial PID namespace. */
+struct pid {
+	unsigned int level;
+	struct upid numbers[1];
+} AA_CORE;
+
+struct super_block {
+	unsigned long s_magic;
+} AA_CORE;
+
+struct inode {
+	struct super_block *i_sb;
+	void *i_private;
+} AA_CORE;
+
+struct qstr {
+	const unsigned char *name;
+} AA_CORE;
+
+struct dentry {
+	struct qstr d_name;
+} AA_CORE;
+
+struct path {
+	struct dentry *dentry;
+} AA_CORE;
+
+struct file {
+	struct path f_path;
+	struct inode *f_inode;
+	void *private_data;
+} AA_CORE;
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} AA_CORE;
+
+struct files_struct {
+	struct fdtable *fdt;
+} AA_CORE;
+
+struct task_struct;
+
+struct mm_struct {
+	struct task_struct *owner; /* CONFIG_MEMCG: the thread-group leader using it */
+} AA_CORE;
 
 struct task_struct {
 	struct thread_info thread_info;
+	unsigned int flags; /* PF_* */
 	int pid;
 	int tgid;
 	char comm[16];
+	struct mm_struct *mm;
+	struct files_struct *files;
+	struct pid *thread_pid;
 	void *bpf_storage; /* NULL until some task-storage map has an entry */
-} __attribute__((preserve_access_index));
+} AA_CORE;
 
 struct linux_binprm {
 	const char *filename;
-} __attribute__((preserve_access_index));
+} AA_CORE;
 
-struct pt_regs;
+/* io_uring: the request being submitted. `cmd` overlays the per-opcode
+ * data; for IORING_OP_SOCKET it is a struct io_socket. */
+struct io_cmd_data {
+	__u64 data[8];
+} AA_CORE;
+
+struct io_kiocb {
+	struct io_cmd_data cmd;
+	__u8 opcode;
+} AA_CORE;
+
+struct io_socket {
+	struct file *file;
+	int domain;
+	int type;
+	int protocol;
+} AA_CORE;
 
 #endif

@@ -1,26 +1,30 @@
 /* Shared by every probe and mirrored by src/loader/abi.rs (layout-tested):
- * constants, event and value layouts, and the maps.
+ * constants, event and value layouts, the maps, and the small checks more
+ * than one probe makes.
  *
- * Why one header: the three probe objects are loaded separately but share
- * their maps through pins, so every object must declare every map with the
- * same layout. A change here is a change of the pinned ABI: bump
- * AA_ABI_VERSION, which is part of the pin path, so an old pin is never
- * reused with a new layout.
+ * Why one header: the probe objects are loaded separately but share their
+ * maps through pins, so every object must declare every map with the same
+ * layout. A change here is a change of the pinned ABI: bump AA_ABI_VERSION,
+ * which is part of the pin path, so an old pin is never reused with a new
+ * layout.
  *
  * Generations: rules live in two slots (0 and 1). GENERATIONS[slot] holds the
  * fixed-size part; LPM entries say per slot whether they exist. A probe reads
  * ACTIVE once and looks only at that slot, so it never sees a mix of two
  * policies. The loader writes the inactive slot, flips ACTIVE, waits an RCU
  * grace period, then brings the old slot in line.
+ *
+ * Syscall numbers below are x86_64's: the probes are built for x86_64 only.
  */
 #ifndef AA_POLICY_H
 #define AA_POLICY_H
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 #include "aa_kernel.h"
 
-#define AA_ABI_VERSION 2
+#define AA_ABI_VERSION 3
 
 #define AA_MODE_ENFORCE 0
 #define AA_MODE_AUDIT 1
@@ -28,10 +32,29 @@
 #define AA_SYSCALL_BITMAP_WORDS 8 /* 512 bits: every native syscall, no x32 */
 #define AA_MAX_PATH 256
 
-#define AA_EVENT_SYSCALL 1 /* a confined task made a syscall not allowed */
+#define AA_EVENT_SYSCALL 1 /* a confined task made a syscall it may not make */
 #define AA_EVENT_CONNECT 2 /* a confined task tried a destination not allowed */
 #define AA_EVENT_EXEC 3    /* a confined task exec'd */
 #define AA_EVENT_EXIT 4    /* the last thread of a confined process exited */
+#define AA_EVENT_NET 5     /* a socket, option or packet the egress allowlist cannot check */
+
+/* aa_event.reason for AA_EVENT_SYSCALL: why the call was denied. */
+#define AA_REASON_NOT_ALLOWED 0  /* not in the allowlist */
+#define AA_REASON_INTEGRITY 1    /* never allowed to a confined task (bpf) */
+#define AA_REASON_SOCKET_FAMILY 2 /* detail: the address family */
+#define AA_REASON_NAMESPACE 3    /* clone/clone3 with namespace flags, judged as unshare; detail: flags */
+#define AA_REASON_PTRACE_TARGET 4 /* ptrace-class access to a process outside confinement; detail: its pid */
+#define AA_REASON_PROC_MEM 5     /* opened another process's memory (/proc/PID/mem...); detail: its pid */
+#define AA_REASON_IO_URING_OP 6  /* an io_uring request; detail: the opcode */
+#define AA_REASON_UNTRACED 7     /* a confined task created without syscall tracing */
+#define AA_REASON_DOOMED 8       /* a task whose creation was denied (see AA_MARK_DOOMED) */
+
+/* aa_event.reason for AA_EVENT_NET. */
+#define AA_NET_RAW_SOCKET 1     /* detail: type << 16 | protocol */
+#define AA_NET_PING_SOCKET 2
+#define AA_NET_PROTOCOL 3
+#define AA_NET_ROUTING_OPTION 4 /* setsockopt; detail: level << 16 | optname */
+#define AA_NET_ROUTING_PACKET 5 /* an outgoing packet with IPv4 options or an IPv6 routing header */
 
 #define AA_ACCESS_READ 1
 #define AA_ACCESS_WRITE 2
@@ -39,6 +62,38 @@
 /* x86: a syscall entered through the ia32 table; x32 syscalls carry bit 30. */
 #define AA_TS_COMPAT 0x0002
 #define AA_X32_SYSCALL_BIT 0x40000000
+/* SYSCALL_WORK_BIT_SYSCALL_TRACEPOINT: without it a task's syscalls never
+ * reach sys_enter/sys_exit programs. */
+#define AA_SYSCALL_WORK_TRACEPOINT (1UL << 1)
+
+#define AA_NR_OPEN 2
+#define AA_NR_SOCKET 41
+#define AA_NR_SOCKETPAIR 53
+#define AA_NR_EXIT 60
+#define AA_NR_CREAT 85
+#define AA_NR_PTRACE 101
+#define AA_NR_EXIT_GROUP 231
+#define AA_NR_OPENAT 257
+#define AA_NR_UNSHARE 272
+#define AA_NR_OPEN_BY_HANDLE_AT 304
+#define AA_NR_PROCESS_VM_READV 310
+#define AA_NR_PROCESS_VM_WRITEV 311
+#define AA_NR_BPF 321
+#define AA_NR_IO_URING_ENTER 426
+#define AA_NR_OPENAT2 437
+#define AA_NR_PIDFD_GETFD 438
+#define AA_NR_PROCESS_MADVISE 440
+
+#define AA_PTRACE_ATTACH 16
+#define AA_PTRACE_SEIZE 0x4206
+
+/* CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET, and
+ * CLONE_NEWTIME (clone3 only). */
+#define AA_CLONE_NAMESPACES (0x00020000ULL | 0x02000000ULL | 0x04000000ULL | 0x08000000ULL | \
+			     0x10000000ULL | 0x20000000ULL | 0x40000000ULL | 0x00000080ULL)
+
+#define AA_PROC_SUPER_MAGIC 0x9fa0
+#define AA_PIDFS_MAGIC 0x50494446
 
 /* GENERATIONS[slot]: the fixed-size rules of one generation, written whole. */
 struct aa_generation {
@@ -53,9 +108,11 @@ struct aa_generation {
 };
 
 /* TASK_MARK value: present means "this task is confined". */
+#define AA_MARK_DOOMED 1 /* killed at its next syscall: its creation was denied */
 struct aa_task_mark {
 	__u32 confined;
-	__u32 _pad;
+	__u32 flags;   /* AA_MARK_* */
+	__u64 guarded; /* syscalls the guard judged for this task */
 };
 
 /* CONFINED value: key is the TGID of a confined process. */
@@ -106,11 +163,13 @@ struct aa_event {
 	__u32 mode;   /* AA_MODE_* in force */
 	__s64 syscall_nr;
 	__u32 compat; /* 1: ia32/x32 entry, denied regardless of the bitmap */
-	__u16 family; /* AF_INET / AF_INET6 for connect events */
+	__u16 family; /* AF_INET / AF_INET6 for connect and net events */
 	__u16 port;   /* host order */
 	__u8 addr[16];
 	char comm[16];
 	char path[128]; /* exec: the binary */
+	__u32 reason;   /* AA_REASON_* or AA_NET_* */
+	__u32 detail;   /* reason-specific, see AA_REASON_* */
 };
 
 struct {
@@ -141,19 +200,28 @@ struct {
 	__type(value, struct aa_confined);
 } CONFINED SEC(".maps");
 
-/* CURRENT_CONFINED[cpu]: 1 while the task on this CPU carries a mark. Kept
- * by task_switch at every context switch, read by the syscall guard with an
- * inlined per-CPU load, so an unconfined task's syscall costs no helper
- * call (a call/return pair costs ~5 ns on CPUs with SRSO safe-RET). Sound
- * because marks are only written on tasks that are not running (stopped, or
- * a fork child before its first run): each marked task is switched in, and
- * so flagged, before its next syscall. */
+/* GUARD_CACHE[cpu]: the pt_regs address of the last task this CPU found
+ * unconfined at a syscall; 0 is "nothing known" (a confined task is never
+ * cached: it always takes the slow path). A task's pt_regs sit at the top
+ * of its own kernel stack, so while it lives no other task has that
+ * address: a task whose address is cached unconfined needs no helper call
+ * on its next syscall here.
+ *
+ * Why not a flag kept at sched_switch: measured on 6.18, a task switched in
+ * from some contexts (a thread of PID 1 here) runs without any sched_switch
+ * event naming it, so such a flag said "unconfined" for 1 in ~47,000 fresh
+ * confined tasks. This cache depends on nothing but the guard itself.
+ *
+ * Kept correct by: a new confined task clears every CPU's entry before it
+ * first runs (its stack may have belonged to a dead unconfined task), and
+ * the loader clears every CPU's entry after marking running threads
+ * (`confine`). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
-} CURRENT_CONFINED SEC(".maps");
+	__type(value, __u64);
+} GUARD_CACHE SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -179,24 +247,46 @@ struct {
 	__type(value, struct aa_rule_value);
 } PATHS SEC(".maps");
 
+/* IO_URING_OPS[opcode]: the syscall an io_uring request stands for (filled
+ * by the loader); -2: none, judged by io_uring_enter alone; -1 or missing:
+ * unknown, never allowed to a confined task. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __s32);
+} IO_URING_OPS SEC(".maps");
+
+/* SOCKET_MARK: present on a socket a confined task created, connected or
+ * sent on; its packets are checked for source routing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} SOCKET_MARK SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } EVENTS SEC(".maps");
 
-/* COUNTERS[0]: events dropped (ring buffer full); [1]: confined forks the
- * registry could not record (full); [2]: children whose mark could not be
- * allocated. The loader never detaches the hooks while [1] is non-zero. */
+/* COUNTERS: failures of the mechanism itself, each of which must stay 0
+ * except the first. The loader never detaches the hooks while [1] or [2]
+ * is non-zero. */
+#define AA_COUNTER_EVENT_DROPS 0     /* events lost (ring buffer full) */
+#define AA_COUNTER_REGISTRY_FULL 1   /* confined forks the registry could not record */
+#define AA_COUNTER_MARK_FAILED 2     /* children whose mark could not be allocated */
+#define AA_COUNTER_UNTRACED 3        /* confined tasks created without syscall tracing */
+#define AA_COUNTER_UNGUARDED_EXIT 4  /* confined tasks that called exit with no syscall judged */
+#define AA_COUNTERS 5
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, AA_COUNTERS);
 	__type(key, __u32);
 	__type(value, __u64);
 } COUNTERS SEC(".maps");
-
-#define AA_COUNTER_EVENT_DROPS 0
-#define AA_COUNTER_REGISTRY_FULL 1
-#define AA_COUNTER_MARK_FAILED 2
 
 static __always_inline void aa_count(__u32 index)
 {
@@ -222,6 +312,41 @@ static __always_inline __u32 aa_active_slot(void)
 	return slot ? (*slot & 1) : 0;
 }
 
+/* The mark of `task`, or NULL when it is not confined. */
+static __always_inline struct aa_task_mark *aa_mark_of(struct task_struct *task)
+{
+	if (!task->bpf_storage)
+		return 0;
+	return bpf_task_storage_get(&TASK_MARK, task, 0, 0);
+}
+
+static __always_inline int aa_syscall_allowed(struct aa_generation *gen, long nr)
+{
+	if (!gen->syscalls_restricted)
+		return 1;
+	if (nr < 0 || nr >= AA_SYSCALL_BITMAP_WORDS * 64)
+		return 0;
+	__u64 bit = nr;
+	return (gen->syscall_allow[bit / 64] >> (bit % 64)) & 1;
+}
+
+/* Whether the process `tgid` (a number in the initial PID namespace) is in
+ * the registry of confined processes. */
+static __always_inline int aa_process_confined(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&CONFINED, &tgid) != 0;
+}
+
+/* The socket families a task confined by an egress allowlist may create:
+ * the ones whose destinations the cgroup hooks see (inet) or that stay on
+ * this machine (unix, netlink). Everything else (packet, vsock, ...) could
+ * reach a destination the allowlist never judges. */
+static __always_inline int aa_socket_family_allowed(__u64 family)
+{
+	return family == 1 /* AF_UNIX */ || family == 2 /* AF_INET */ ||
+	       family == 10 /* AF_INET6 */ || family == 16 /* AF_NETLINK */;
+}
+
 /* Reserves and pre-fills an event for the current task, or counts a drop. */
 static __always_inline struct aa_event *aa_event_start(__u32 kind, __u32 mode)
 {
@@ -238,6 +363,35 @@ static __always_inline struct aa_event *aa_event_start(__u32 kind, __u32 mode)
 	event->mode = mode;
 	bpf_get_current_comm(event->comm, sizeof(event->comm));
 	return event;
+}
+
+/* Reports a denied syscall-level action of the current task and, in
+ * enforce mode, kills its process (the kill lands when the current syscall
+ * returns). */
+static __always_inline void aa_deny(__u32 mode, long nr, __u32 compat, __u32 reason, __u32 detail)
+{
+	struct aa_event *event = aa_event_start(AA_EVENT_SYSCALL, mode);
+	if (event) {
+		event->syscall_nr = nr;
+		event->compat = compat;
+		event->reason = reason;
+		event->detail = detail;
+		bpf_ringbuf_submit(event, 0);
+	}
+	if (mode == AA_MODE_ENFORCE)
+		bpf_send_signal(9 /* SIGKILL */);
+}
+
+/* The file behind descriptor `fd` of the current task, or NULL. */
+static __always_inline struct file *aa_fd_file(struct task_struct *task, long fd)
+{
+	struct fdtable *fdt = task->files->fdt;
+	if (fd < 0 || fd >= fdt->max_fds)
+		return 0;
+	struct file **fds = fdt->fd;
+	struct file *file = 0;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	return file;
 }
 
 #endif

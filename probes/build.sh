@@ -9,7 +9,7 @@ CLANG=${CLANG:-clang-19}
 STRIP=${STRIP:-llvm-strip-19}
 arch_include=/usr/include/$(uname -m)-linux-gnu
 
-for src in syscall_guard task_lifecycle egress bench_floor; do
+for src in syscall_guard task_lifecycle egress io_uring_guard file_access bench_floor; do
 	"$CLANG" -g -O2 -target bpf -D__TARGET_ARCH_x86 \
 		-I. -I"$arch_include" \
 		-fdebug-prefix-map="$PWD"=. -fno-ident \
@@ -29,13 +29,14 @@ cat > "$layout/layout.c" <<'C'
 int main(void)
 {
 	SIZE(aa_generation); OFF(aa_generation, mode); OFF(aa_generation, syscall_allow);
-	SIZE(aa_task_mark); SIZE(aa_confined);
+	SIZE(aa_task_mark); OFF(aa_task_mark, guarded); SIZE(aa_confined);
 	SIZE(aa_egress4_key); OFF(aa_egress4_key, port); OFF(aa_egress4_key, addr);
 	SIZE(aa_egress6_key); OFF(aa_egress6_key, addr);
 	SIZE(aa_rule_value); OFF(aa_rule_value, slots); OFF(aa_rule_value, allow); OFF(aa_rule_value, deny);
 	SIZE(aa_path_key); OFF(aa_path_key, path);
 	SIZE(aa_event); OFF(aa_event, syscall_nr); OFF(aa_event, compat); OFF(aa_event, family);
 	OFF(aa_event, port); OFF(aa_event, addr); OFF(aa_event, comm); OFF(aa_event, path);
+	OFF(aa_event, reason); OFF(aa_event, detail);
 	return 0;
 }
 C

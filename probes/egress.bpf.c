@@ -1,9 +1,16 @@
 /* Egress allowlist: refuse (EPERM) a confined task's connect/sendmsg to a
  * destination the active generation does not allow; everyone else passes.
+ * Under an allowlist, also refuse what the allowlist cannot judge: raw and
+ * ICMP (ping) sockets and transport protocols other than TCP, UDP,
+ * UDP-Lite and MPTCP (socket creation), IPv4 options and IPv6 routing
+ * headers set with setsockopt, and outgoing packets of a confined task's
+ * socket that carry either (set through ancillary data).
  *
- * Why cgroup sock_addr hooks at the cgroup v2 root: they are the only hooks
- * on this kernel that can fail the call itself, and the root sees every
- * process. Attached in multi mode, so other tools' programs keep working.
+ * Why cgroup hooks at the cgroup v2 root: they are the only hooks on this
+ * kernel that can fail the call itself, and the root sees every process.
+ * Attached in multi mode, so other tools' programs keep working. Packet
+ * and socket families outside inet (packet, vsock, ...) are not seen by
+ * these hooks; the syscall guard refuses creating them.
  *
  * Matching: EGRESS4/6 are LPM tries keyed by port then address. A lookup
  * tries the real port, then port 0 (any port). If the longest match does not
@@ -50,13 +57,43 @@ static __always_inline int egress6_match(__u16 port, const __u32 addr[4], __u32 
 	return 0;
 }
 
+/* Marks a socket as used by a confined task, so that its packets are
+ * checked (ancillary data can add options that no sock_addr hook sees). */
+static __always_inline void mark_socket(struct bpf_sock *sk)
+{
+	__u32 *marked = bpf_sk_storage_get(&SOCKET_MARK, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (marked)
+		*marked = 1;
+}
+
+/* The generation in force when the current task is confined and egress is
+ * restricted; NULL otherwise. */
+static __always_inline struct aa_generation *restricting_generation(void)
+{
+	if (!aa_mark_of(bpf_get_current_task_btf()))
+		return 0;
+	struct aa_generation *gen = aa_active_generation();
+	return gen && gen->egress_restricted ? gen : 0;
+}
+
+static __always_inline void report_net(__u32 mode, __u16 family, __u32 reason, __u32 detail)
+{
+	struct aa_event *event = aa_event_start(AA_EVENT_NET, mode);
+	if (event) {
+		event->family = family;
+		event->reason = reason;
+		event->detail = detail;
+		bpf_ringbuf_submit(event, 0);
+	}
+}
+
 static __always_inline int egress_check(struct bpf_sock_addr *ctx, int family)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	if (!task->bpf_storage)
+	if (!aa_mark_of(task))
 		return 1;
-	if (!bpf_task_storage_get(&TASK_MARK, task, 0, 0))
-		return 1;
+	if (ctx->sk)
+		mark_socket(ctx->sk);
 	__u32 zero = 0;
 	__u32 *active = bpf_map_lookup_elem(&ACTIVE, &zero);
 	if (!active)
@@ -123,6 +160,98 @@ SEC("cgroup/sendmsg6")
 int egress_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return egress_check(ctx, AF_INET6);
+}
+
+/* Socket creation (inet and inet6 only: other families never reach it). */
+SEC("cgroup/sock_create")
+int egress_socket(struct bpf_sock *sk)
+{
+	if (!aa_mark_of(bpf_get_current_task_btf()))
+		return 1;
+	mark_socket(sk);
+	struct aa_generation *gen = restricting_generation();
+	if (!gen)
+		return 1;
+	__u32 type = sk->type, protocol = sk->protocol, reason = 0;
+	if (type == 3 /* SOCK_RAW */)
+		reason = AA_NET_RAW_SOCKET;
+	else if (protocol == 1 /* ICMP */ || protocol == 58 /* ICMPV6 */)
+		reason = AA_NET_PING_SOCKET;
+	else if (protocol != 6 /* TCP */ && protocol != 17 /* UDP */ && protocol != 136 /* UDP-Lite */ &&
+		 protocol != 262 /* MPTCP */)
+		reason = AA_NET_PROTOCOL;
+	if (!reason)
+		return 1;
+	report_net(gen->mode, sk->family, reason, type << 16 | (protocol & 0xffff));
+	return gen->mode == AA_MODE_AUDIT ? 1 : 0;
+}
+
+/* IPv4 options (source routing) and IPv6 routing headers, set for all
+ * later packets of the socket. */
+SEC("cgroup/setsockopt")
+int egress_sockopt(struct bpf_sockopt *ctx)
+{
+	if (ctx->optlen <= 0)
+		return 1;
+	int level = ctx->level, name = ctx->optname;
+	int routing = (level == 0 /* SOL_IP */ && name == 4 /* IP_OPTIONS */) ||
+		      (level == 41 /* SOL_IPV6 */ &&
+		       (name == 57 /* IPV6_RTHDR */ || name == 5 /* IPV6_2292RTHDR */ ||
+			name == 6 /* IPV6_2292PKTOPTIONS */));
+	if (!routing)
+		return 1;
+	struct aa_generation *gen = restricting_generation();
+	if (!gen)
+		return 1;
+	report_net(gen->mode, level == 0 ? AF_INET : AF_INET6, AA_NET_ROUTING_OPTION,
+		   (__u32)level << 16 | (__u32)name);
+	return gen->mode == AA_MODE_AUDIT ? 1 : 0;
+}
+
+/* Whether an outgoing packet carries IPv4 options or an IPv6 routing
+ * header, which send it somewhere other than its checked destination. */
+static __always_inline int routes_elsewhere(struct __sk_buff *skb)
+{
+	__u8 first = 0;
+	if (bpf_skb_load_bytes(skb, 0, &first, 1))
+		return 0;
+	if (skb->protocol == bpf_htons(0x0800 /* ETH_P_IP */))
+		return (first & 0x0f) > 5;
+	if (skb->protocol != bpf_htons(0x86dd /* ETH_P_IPV6 */))
+		return 0;
+	__u8 next = 0;
+	if (bpf_skb_load_bytes(skb, 6, &next, 1))
+		return 0;
+	__u32 offset = 40;
+	for (int i = 0; i < 8; i++) {
+		if (next == 43 /* routing */)
+			return 1;
+		if (next != 0 /* hop-by-hop */ && next != 60 /* destination options */ &&
+		    next != 44 /* fragment */)
+			return 0;
+		__u8 header[2] = {};
+		if (bpf_skb_load_bytes(skb, offset, header, 2))
+			return 0;
+		offset += next == 44 ? 8 : ((__u32)header[1] + 1) * 8;
+		next = header[0];
+	}
+	return 1; /* more extension headers than a sender needs: refuse */
+}
+
+SEC("cgroup_skb/egress")
+int egress_packet(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || !bpf_sk_storage_get(&SOCKET_MARK, sk, 0, 0))
+		return 1;
+	struct aa_generation *gen = aa_active_generation();
+	if (!gen || !gen->egress_restricted || !routes_elsewhere(skb))
+		return 1;
+	report_net(gen->mode, sk->family, AA_NET_ROUTING_PACKET, 0);
+	return gen->mode == AA_MODE_AUDIT ? 1 : 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";

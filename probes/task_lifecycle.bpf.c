@@ -1,30 +1,68 @@
-/* Confinement identity and process tracking: a confined task's children and
- * threads are confined; the registry of confined processes follows forks and
- * exits; execs of confined processes are reported.
+/* Confinement identity and process tracking: every task a confined task
+ * creates is confined; the registry of confined processes follows creations
+ * and exits; execs of confined processes are reported.
  *
  * Why task storage and not a PID-keyed map: confinement belongs to the task.
  * A reused PID is a new task with no storage, so it can never inherit a mark,
  * even if a mark was written late or an exit was missed. The CONFINED hash
  * exists only because task storage cannot be enumerated from userspace; it is
  * kept here, off the syscall hot path, for status, the guard and restarts.
+ *
+ * Why task_newtask and not sched_process_fork: io_uring's worker and SQPOLL
+ * threads are created by create_io_thread(), which never fires
+ * sched_process_fork; task_newtask fires in copy_process() for every new
+ * task, before it can first run, with the kernel's own copy of the clone
+ * flags (so clone3's flags in user memory cannot be swapped after a check).
  */
 #include "aa_policy.h"
 
-/* Fires for new processes and new threads alike (pthreads, vfork,
- * posix_spawn, fork from a non-leader thread). `current` is the parent. */
-SEC("tp_btf/sched_process_fork")
-int task_fork(unsigned long long *ctx)
+/* CPUs whose GUARD_CACHE entry a new confined task clears. */
+#define AA_MAX_CPUS 4096
+
+/* `current` is the creator: the parent of a fork, the caller of clone for
+ * a thread, or the task an io_uring worker serves. */
+SEC("tp_btf/task_newtask")
+int task_new(unsigned long long *ctx)
 {
-	struct task_struct *parent = (struct task_struct *)ctx[0];
-	struct task_struct *child = (struct task_struct *)ctx[1];
-	if (!parent->bpf_storage)
-		return 0;
-	if (!bpf_task_storage_get(&TASK_MARK, parent, 0, 0))
+	struct task_struct *child = (struct task_struct *)ctx[0];
+	__u64 clone_flags = ctx[1];
+	struct task_struct *parent = bpf_get_current_task_btf();
+	struct aa_task_mark *parent_mark = aa_mark_of(parent);
+	if (!parent_mark)
 		return 0;
 
-	struct aa_task_mark mark = { .confined = 1 };
+	struct aa_task_mark mark = { .confined = 1, .flags = parent_mark->flags };
+	struct aa_generation *gen = aa_active_generation();
+	__u32 mode = gen ? gen->mode : AA_MODE_ENFORCE;
+	/* New namespaces are what unshare makes: judged as unshare. The child
+	 * is doomed (killed at its first syscall) and the creator killed. */
+	if ((clone_flags & AA_CLONE_NAMESPACES) && gen && !aa_syscall_allowed(gen, AA_NR_UNSHARE)) {
+		aa_deny(mode, AA_NR_UNSHARE, 0, AA_REASON_NAMESPACE, (__u32)clone_flags);
+		if (mode == AA_MODE_ENFORCE)
+			mark.flags |= AA_MARK_DOOMED;
+	}
+	/* Without syscall tracing a task's syscalls never reach the guard. The
+	 * flag is copied from the creator, which is traced while the guard is
+	 * attached; this counts what must never happen, and fails closed. */
+	if (!(child->thread_info.syscall_work & AA_SYSCALL_WORK_TRACEPOINT) &&
+	    !(child->flags & 0x10 /* PF_IO_WORKER: makes no syscalls */)) {
+		aa_count(AA_COUNTER_UNTRACED);
+		aa_deny(AA_MODE_ENFORCE, -1, 0, AA_REASON_UNTRACED, child->pid);
+		mark.flags |= AA_MARK_DOOMED;
+	}
+
 	if (!bpf_task_storage_get(&TASK_MARK, child, &mark, BPF_LOCAL_STORAGE_GET_F_CREATE))
 		aa_count(AA_COUNTER_MARK_FAILED);
+
+	/* The child's stack may have belonged to a task that exited while
+	 * cached as unconfined: forget every CPU's entry before it runs. */
+	__u32 zero = 0;
+	for (__u32 cpu = 0; cpu < AA_MAX_CPUS; cpu++) {
+		__u64 *known = bpf_map_lookup_percpu_elem(&GUARD_CACHE, &zero, cpu);
+		if (!known)
+			break;
+		*known = 0;
+	}
 
 	if (child->pid == child->tgid) {
 		__u32 tgid = child->tgid;
@@ -35,32 +73,30 @@ int task_fork(unsigned long long *ctx)
 	return 0;
 }
 
-/* Keeps CURRENT_CONFINED for the task being switched in; see aa_policy.h.
- * `next` is a BTF pointer, so the unconfined path needs no helper call. */
-SEC("tp_btf/sched_switch")
-int task_switch(unsigned long long *ctx)
-{
-	struct task_struct *next = (struct task_struct *)ctx[2];
-	__u32 zero = 0;
-	__u32 *confined = bpf_map_lookup_elem(&CURRENT_CONFINED, &zero);
-	if (!confined)
-		return 0;
-	*confined = next->bpf_storage && bpf_task_storage_get(&TASK_MARK, next, 0, 0);
-	return 0;
-}
-
 /* Fires for every exiting thread; `group_dead` is set for the last one. */
 SEC("tp_btf/sched_process_exit")
 int task_exit(unsigned long long *ctx)
 {
 	struct task_struct *task = (struct task_struct *)ctx[0];
 	int group_dead = (int)ctx[1];
-	if (!group_dead || !task->bpf_storage)
-		return 0;
-	if (!bpf_task_storage_get(&TASK_MARK, task, 0, 0))
+	struct aa_task_mark *mark = aa_mark_of(task);
+	if (mark && mark->guarded == 0) {
+		/* A thread leaving through exit or exit_group passed sys_enter for
+		 * that very call, so a guarded count of 0 means the guard never saw
+		 * this confined task: the detector for any hole in the hot path. */
+		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+		long nr = regs ? (long)BPF_CORE_READ(regs, orig_ax) : -1;
+		if (nr == AA_NR_EXIT || nr == AA_NR_EXIT_GROUP)
+			aa_count(AA_COUNTER_UNGUARDED_EXIT);
+	}
+	if (!group_dead)
 		return 0;
 
+	/* Whichever thread exits last (an io_uring worker, an unmarked thread
+	 * of a released process), the process leaves the registry. */
 	__u32 tgid = task->tgid;
+	if (!aa_process_confined(tgid))
+		return 0;
 	bpf_map_delete_elem(&CONFINED, &tgid);
 	struct aa_generation *gen = aa_active_generation();
 	struct aa_event *event = aa_event_start(AA_EVENT_EXIT, gen ? gen->mode : 0);
@@ -76,9 +112,7 @@ int task_exec(unsigned long long *ctx)
 {
 	struct task_struct *task = (struct task_struct *)ctx[0];
 	struct linux_binprm *bprm = (struct linux_binprm *)ctx[2];
-	if (!task->bpf_storage)
-		return 0;
-	if (!bpf_task_storage_get(&TASK_MARK, task, 0, 0))
+	if (!aa_mark_of(task))
 		return 0;
 
 	struct aa_generation *gen = aa_active_generation();

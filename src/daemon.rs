@@ -79,6 +79,16 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
     };
     reconciler.start()?;
     let status = reconciler.status_handle();
+    let _pin_watch = {
+        let commands = commands.clone();
+        crate::pin_watch::spawn(&options.pin_dir, move || {
+            let _ = commands.send(Command::RepairPins);
+        })
+        .map_err(|source| DaemonError::Io {
+            context: "starting the pin watcher",
+            source,
+        })?
+    };
 
     let (events, _) = broadcast::channel(SUBSCRIBER_BACKLOG);
     let loop_thread = std::thread::Builder::new()

@@ -8,17 +8,54 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::loader::abi::{self, RawEvent};
+use crate::loader::io_uring_ops;
 use crate::ruleset::{Arch, Mode};
+
+/// Why a syscall-level action was denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    /// Not in the allowlist (or entered through the ia32/x32 tables).
+    NotAllowed,
+    /// Never allowed to a confined task, whatever the policy (`bpf`).
+    Integrity,
+    /// A socket family the egress allowlist cannot judge.
+    SocketFamily(u32),
+    /// New namespaces through clone/clone3, judged as `unshare`.
+    Namespace { clone_flags: u32 },
+    /// ptrace-class access to a process outside the confinement.
+    PtraceTarget { target: i32 },
+    /// Opened the memory of a process outside the confinement.
+    ProcessMemory { target: i32 },
+    /// An io_uring request standing for a syscall that is not allowed.
+    IoUring { opcode: u32 },
+    /// A confined task created without syscall tracing (must never happen).
+    Untraced { tid: u32 },
+    /// A task whose creation was denied, at its first syscall.
+    Doomed,
+}
+
+/// A socket, option or packet the egress allowlist cannot judge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetDenial {
+    RawSocket { socket_type: u32, protocol: u32 },
+    PingSocket { protocol: u32 },
+    Protocol { protocol: u32 },
+    RoutingOption { level: u32, option: u32 },
+    RoutingPacket,
+}
 
 /// What a confined process did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// A syscall not in the allowlist (or from the ia32/x32 tables).
+    /// A syscall (or io_uring request, or clone) it may not make.
     DeniedSyscall {
         number: i64,
         name: Option<&'static str>,
         compat: bool,
+        reason: DenyReason,
     },
+    /// A socket, socket option or packet that would escape the allowlist.
+    DeniedNet { family: u16, denial: NetDenial },
     /// A connect or sendmsg to a destination not in the egress allowlist.
     DeniedConnect { destination: SocketAddr },
     /// An exec of `path`.
@@ -54,6 +91,11 @@ impl Event {
                     .filter(|_| raw.compat == 0)
                     .and_then(|n| Arch::native().syscall_name(n)),
                 compat: raw.compat != 0,
+                reason: DenyReason::decode(raw.reason, raw.detail)?,
+            },
+            abi::EVENT_NET => EventKind::DeniedNet {
+                family: raw.family,
+                denial: NetDenial::decode(raw.reason, raw.detail)?,
             },
             abi::EVENT_CONNECT => {
                 let ip = if raw.family == libc::AF_INET as u16 {
@@ -90,25 +132,171 @@ impl Event {
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             EventKind::DeniedSyscall { .. } => "denied_syscall",
+            EventKind::DeniedNet { .. } => "denied_net",
             EventKind::DeniedConnect { .. } => "denied_connect",
             EventKind::Exec { .. } => "exec",
             EventKind::Exit => "exit",
         }
     }
 
-    /// The syscall name for a denied syscall (`#N` when unknown).
+    /// The syscall name for a denied syscall: its name, `compat#N` for the
+    /// ia32/x32 tables, `#N` for a number the table does not have, and
+    /// `none` for a number below 0 (no syscall: -1 is what a tracer or
+    /// seccomp leaves when it skips a call, or an invalid number).
     pub fn syscall(&self) -> Option<String> {
         match &self.kind {
             EventKind::DeniedSyscall {
                 number,
                 name,
                 compat,
+                ..
             } => Some(match (name, compat) {
                 (_, true) => format!("compat#{number}"),
                 (Some(name), false) => (*name).to_owned(),
+                (None, false) if *number < 0 => "none".to_owned(),
                 (None, false) => format!("#{number}"),
             }),
             _ => None,
+        }
+    }
+
+    /// The `REASON` log field of a denial.
+    pub fn reason(&self) -> Option<String> {
+        match &self.kind {
+            EventKind::DeniedSyscall { reason, .. } => Some(reason.to_string()),
+            EventKind::DeniedNet { denial, .. } => Some(denial.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl DenyReason {
+    fn decode(reason: u32, detail: u32) -> Option<DenyReason> {
+        Some(match reason {
+            abi::REASON_NOT_ALLOWED => DenyReason::NotAllowed,
+            abi::REASON_INTEGRITY => DenyReason::Integrity,
+            abi::REASON_SOCKET_FAMILY => DenyReason::SocketFamily(detail),
+            abi::REASON_NAMESPACE => DenyReason::Namespace {
+                clone_flags: detail,
+            },
+            abi::REASON_PTRACE_TARGET => DenyReason::PtraceTarget {
+                target: detail as i32,
+            },
+            abi::REASON_PROC_MEM => DenyReason::ProcessMemory {
+                target: detail as i32,
+            },
+            abi::REASON_IO_URING_OP => DenyReason::IoUring { opcode: detail },
+            abi::REASON_UNTRACED => DenyReason::Untraced { tid: detail },
+            abi::REASON_DOOMED => DenyReason::Doomed,
+            _ => return None,
+        })
+    }
+}
+
+/// A process named by number, or "an unknown process" for -1.
+fn process_name(pid: i32) -> String {
+    if pid > 0 {
+        format!("process {pid}")
+    } else {
+        "a process it cannot name".to_owned()
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::NotAllowed => write!(f, "not in the allowlist"),
+            DenyReason::Integrity => write!(f, "never allowed to a confined process"),
+            DenyReason::SocketFamily(family) => write!(
+                f,
+                "socket family {} cannot be checked against the egress allowlist",
+                socket_family_name(*family)
+            ),
+            DenyReason::Namespace { clone_flags } => write!(
+                f,
+                "clone with namespace flags {clone_flags:#x}, judged as unshare, which is not allowed"
+            ),
+            DenyReason::PtraceTarget { target } => write!(
+                f,
+                "ptrace-class access to {}, which is not confined",
+                process_name(*target)
+            ),
+            DenyReason::ProcessMemory { target } => write!(
+                f,
+                "opened the memory of {}, which is not confined",
+                process_name(*target)
+            ),
+            DenyReason::IoUring { opcode } => write!(
+                f,
+                "io_uring request {} stands for a syscall that is not allowed",
+                io_uring_ops::name(*opcode).map_or_else(|| format!("#{opcode}"), str::to_owned)
+            ),
+            DenyReason::Untraced { tid } => write!(
+                f,
+                "task {tid} was created without syscall tracing, so it could not be confined"
+            ),
+            DenyReason::Doomed => write!(f, "its creation was denied"),
+        }
+    }
+}
+
+fn socket_family_name(family: u32) -> String {
+    let name = match family as i32 {
+        libc::AF_PACKET => "AF_PACKET",
+        libc::AF_VSOCK => "AF_VSOCK",
+        libc::AF_XDP => "AF_XDP",
+        libc::AF_BLUETOOTH => "AF_BLUETOOTH",
+        libc::AF_CAN => "AF_CAN",
+        libc::AF_TIPC => "AF_TIPC",
+        libc::AF_ALG => "AF_ALG",
+        libc::AF_KEY => "AF_KEY",
+        libc::AF_RDS => "AF_RDS",
+        _ => return format!("#{family}"),
+    };
+    name.to_owned()
+}
+
+impl NetDenial {
+    fn decode(reason: u32, detail: u32) -> Option<NetDenial> {
+        let (high, low) = (detail >> 16, detail & 0xffff);
+        Some(match reason {
+            abi::NET_RAW_SOCKET => NetDenial::RawSocket {
+                socket_type: high,
+                protocol: low,
+            },
+            abi::NET_PING_SOCKET => NetDenial::PingSocket { protocol: low },
+            abi::NET_PROTOCOL => NetDenial::Protocol { protocol: low },
+            abi::NET_ROUTING_OPTION => NetDenial::RoutingOption {
+                level: high,
+                option: low,
+            },
+            abi::NET_ROUTING_PACKET => NetDenial::RoutingPacket,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for NetDenial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetDenial::RawSocket { protocol, .. } => {
+                write!(f, "raw socket (protocol {protocol})")
+            }
+            NetDenial::PingSocket { .. } => write!(f, "ICMP (ping) socket"),
+            NetDenial::Protocol { protocol } => write!(
+                f,
+                "transport protocol {protocol} (only TCP, UDP, UDP-Lite and MPTCP)"
+            ),
+            NetDenial::RoutingOption { level: 0, .. } => {
+                write!(f, "IPv4 options (source routing) set with setsockopt")
+            }
+            NetDenial::RoutingOption { .. } => {
+                write!(f, "IPv6 routing header set with setsockopt")
+            }
+            NetDenial::RoutingPacket => write!(
+                f,
+                "packet with IPv4 options or an IPv6 routing header (ancillary data)"
+            ),
         }
     }
 }
@@ -121,7 +309,12 @@ impl fmt::Display for Event {
             Mode::Audit => "audit only, allowed",
         };
         match &self.kind {
-            EventKind::DeniedSyscall { number, compat, .. } => {
+            EventKind::DeniedSyscall {
+                number,
+                compat,
+                reason,
+                ..
+            } => {
                 let name = self.syscall().unwrap_or_default();
                 let table = if *compat {
                     " from the ia32/x32 table"
@@ -130,8 +323,15 @@ impl fmt::Display for Event {
                 };
                 write!(
                     f,
-                    "{who} denied syscall {name} ({number}){table}: {}",
+                    "{who} denied syscall {name} ({number}){table}, {reason}: {}",
                     outcome("killed")
+                )
+            }
+            EventKind::DeniedNet { denial, .. } => {
+                write!(
+                    f,
+                    "{who} denied {denial}: {}",
+                    outcome("refused with EPERM")
                 )
             }
             EventKind::DeniedConnect { destination } => {
@@ -164,12 +364,13 @@ impl Event {
             EventKind::Exec { .. } | EventKind::Exit => {
                 tracing::info!(aa_event, pid, comm, "{self}")
             }
-            EventKind::DeniedSyscall { .. } => {
+            EventKind::DeniedSyscall { .. } | EventKind::DeniedNet { .. } => {
                 tracing::warn!(
                     aa_event,
                     pid,
                     comm,
                     syscall = self.syscall().as_deref(),
+                    reason = self.reason().as_deref(),
                     "{self}"
                 )
             }

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod loader;
 pub mod logging;
 pub mod lower;
+pub mod pin_watch;
 pub mod policy;
 pub mod reconcile;
 pub mod remote_watch;

@@ -54,6 +54,9 @@ pub struct Lowered {
     pub rules: RuleSet,
     pub not_lowered: Vec<NotLowered>,
     pub warnings: Vec<String>,
+    /// What the probes enforce on confined processes beyond the rules
+    /// written here, because the rules could not be checked otherwise.
+    pub enforced_defaults: Vec<String>,
 }
 
 /// Lowers `policy` for the syscall table of `arch`.
@@ -86,12 +89,42 @@ pub fn lower(policy: &Policy, arch: Arch) -> Lowered {
         egress,
     };
     let warnings = warnings_for(&rules, arch);
+    let enforced_defaults = enforced_defaults(&rules, arch);
     Lowered {
         arch,
         rules,
         not_lowered,
         warnings,
+        enforced_defaults,
     }
+}
+
+/// What the probes enforce beyond the written rules (see the probes'
+/// headers): the things that would otherwise undo the confinement or reach
+/// a destination the egress allowlist never sees.
+pub fn enforced_defaults(rules: &RuleSet, arch: Arch) -> Vec<String> {
+    let mut defaults = vec![
+        "bpf is never allowed to a confined process (it could detach the hooks or edit the rules)".to_owned(),
+        "syscalls entered through the ia32 (int 0x80) or x32 tables are never allowed".to_owned(),
+        "ptrace-class access (ptrace attach, process_vm_readv/writev, pidfd_getfd, process_madvise, opening /proc/PID/mem, environ, auxv or pagemap) only to processes that are confined too".to_owned(),
+        "io_uring requests are judged as the syscall each stands for, and only when io_uring_enter is allowed".to_owned(),
+    ];
+    let unshare_allowed = match &rules.syscalls {
+        SyscallRule::Unrestricted => true,
+        SyscallRule::Allow(set) => arch
+            .syscall_number("unshare")
+            .is_some_and(|n| set.contains(n)),
+    };
+    if !unshare_allowed {
+        defaults.push(
+            "clone and clone3 that create namespaces are judged as unshare, which is not allowed"
+                .to_owned(),
+        );
+    }
+    if rules.egress.mode == EgressMode::Allowlist {
+        defaults.push("under the egress allowlist, also refused because the allowlist cannot judge them: socket families other than unix, inet, inet6 and netlink (packet, vsock, ...); raw and ICMP (ping) sockets; transport protocols other than TCP, UDP, UDP-Lite and MPTCP; IPv4 options (source routing) and IPv6 routing headers, by setsockopt or ancillary data".to_owned());
+    }
+    defaults
 }
 
 fn lower_syscalls(

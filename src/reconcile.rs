@@ -23,7 +23,9 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::control::wire::{DeltaSource, Outcome, ReloadRecord, StatusReport};
+use crate::control::wire::{
+    DeltaSource, HookStatus, Outcome, ProbeFaults, ReloadRecord, StatusReport,
+};
 use crate::delta::{Delta, diff};
 use crate::guard;
 use crate::lifecycle;
@@ -91,6 +93,8 @@ pub enum Command {
     },
     /// A confined process exited: refresh status, detach idle hooks.
     ProcessExited,
+    /// Something changed under the pin dir: put back removed pins.
+    RepairPins,
     Shutdown {
         reply: Reply<()>,
     },
@@ -152,9 +156,11 @@ impl Reconciler {
             counts: RuleCounts::of(&applied.rules),
             confined: Vec::new(),
             hooks_attached: loader.hooks_attached(),
+            hooks: Vec::new(),
             last_reload: None,
             total_map_ops: loader.map_ops(),
             event_drops: 0,
+            probe_faults: ProbeFaults::default(),
             watching,
         }));
         Ok(Reconciler {
@@ -237,6 +243,7 @@ impl Reconciler {
                     let record = self.apply_remote(delta, source, base_generation);
                     let _ = reply.send(record);
                 }
+                Command::RepairPins => self.repair_pins(),
                 Command::ProcessExited => {
                     if let Err(error) = self.loader.sync_hooks() {
                         tracing::warn!("could not detach idle hooks: {error}");
@@ -251,6 +258,25 @@ impl Reconciler {
             }
         }
         self.shut_down();
+    }
+
+    /// Puts back pins someone removed. Nothing stopped meanwhile: the
+    /// loader holds every map and link, so this only restores what a
+    /// later loader adopts.
+    fn repair_pins(&mut self) {
+        match self.loader.repair_pins() {
+            Ok(repaired) if repaired.is_empty() => {}
+            Ok(repaired) => {
+                tracing::warn!(
+                    repaired = repaired.join(","),
+                    "pins removed or replaced under {} were put back ({}); enforcement never stopped",
+                    self.loader.pin_dir().display(),
+                    repaired.join(", ")
+                );
+                self.publish();
+            }
+            Err(error) => tracing::error!("could not put back the pins: {error}"),
+        }
     }
 
     fn shut_down(&mut self) {
@@ -530,7 +556,22 @@ impl Reconciler {
             .confined()
             .map(|c| c.pids().collect())
             .unwrap_or_default();
-        let event_drops = self.loader.counters().map(|c| c.event_drops).unwrap_or(0);
+        let counters = self.loader.counters().unwrap_or_default();
+        let hooks = match self.loader.hook_states() {
+            Ok(states) => states
+                .into_iter()
+                .map(|state| HookStatus {
+                    program: state.program.to_owned(),
+                    link_id: state.link_id,
+                    program_id: state.program_id,
+                    pinned: state.pinned,
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!("could not read the attached hooks: {error}");
+                Vec::new()
+            }
+        };
         self.status.store(Arc::new(StatusReport {
             generation: self.generation,
             policy_path: self.policy_path.display().to_string(),
@@ -539,9 +580,16 @@ impl Reconciler {
             counts: RuleCounts::of(&self.rules),
             confined,
             hooks_attached: self.loader.hooks_attached(),
+            hooks,
             last_reload: self.last_reload.clone(),
             total_map_ops: self.loader.map_ops(),
-            event_drops,
+            event_drops: counters.event_drops,
+            probe_faults: ProbeFaults {
+                registry_full: counters.registry_full,
+                mark_failed: counters.mark_failed,
+                untraced: counters.untraced,
+                unguarded_exit: counters.unguarded_exit,
+            },
             watching: self.watching,
         }));
     }

@@ -17,6 +17,7 @@ pub fn lowered_json(lowered: &Lowered) -> Value {
     value["arch"] = json!(lowered.arch);
     value["not_lowered"] = json!(lowered.not_lowered);
     value["warnings"] = json!(lowered.warnings);
+    value["enforced_defaults"] = json!(lowered.enforced_defaults);
     value
 }
 
@@ -92,6 +93,9 @@ pub fn summary_lines(lowered: &Lowered) -> Vec<String> {
     });
     for item in &lowered.not_lowered {
         lines.push(format!("not lowered: {}: {}", item.what, item.why));
+    }
+    for default in &lowered.enforced_defaults {
+        lines.push(format!("also enforced: {default}"));
     }
     for warning in &lowered.warnings {
         lines.push(format!("warning: {warning}"));

@@ -78,7 +78,7 @@ fn exec_exits_with_the_command_status_or_128_plus_the_signal() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + 9), "{stderr}");
     assert!(
-        stderr.contains("denied syscall write (1): killed"),
+        stderr.contains("denied syscall write (1), not in the allowlist: killed"),
         "{stderr}"
     );
 

@@ -114,10 +114,34 @@ pub struct StatusReport {
     pub counts: RuleCounts,
     pub confined: Vec<u32>,
     pub hooks_attached: bool,
+    /// Each hook the kernel has attached, read from the link the daemon
+    /// holds (not from its pin, which a root process can remove).
+    pub hooks: Vec<HookStatus>,
     pub last_reload: Option<ReloadRecord>,
     pub total_map_ops: u64,
     pub event_drops: u64,
+    /// Failures of the confinement mechanism itself; all must stay 0.
+    pub probe_faults: ProbeFaults,
     pub watching: bool,
+}
+
+/// One attached hook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookStatus {
+    pub program: String,
+    pub link_id: u32,
+    pub program_id: u32,
+    /// Whether its pin is in place (a removed pin is put back).
+    pub pinned: bool,
+}
+
+/// The probes' failure counters (see `probes/aa_policy.h`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeFaults {
+    pub registry_full: u64,
+    pub mark_failed: u64,
+    pub untraced: u64,
+    pub unguarded_exit: u64,
 }
 
 /// A probe event for subscribers.

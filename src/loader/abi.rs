@@ -9,7 +9,7 @@
 use crate::ruleset::SYSCALL_BITMAP_BITS;
 
 /// Part of every pin path: a new layout never reuses an old pin.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 pub const MODE_ENFORCE: u32 = 0;
 pub const MODE_AUDIT: u32 = 1;
@@ -18,6 +18,23 @@ pub const EVENT_SYSCALL: u32 = 1;
 pub const EVENT_CONNECT: u32 = 2;
 pub const EVENT_EXEC: u32 = 3;
 pub const EVENT_EXIT: u32 = 4;
+pub const EVENT_NET: u32 = 5;
+
+pub const REASON_NOT_ALLOWED: u32 = 0;
+pub const REASON_INTEGRITY: u32 = 1;
+pub const REASON_SOCKET_FAMILY: u32 = 2;
+pub const REASON_NAMESPACE: u32 = 3;
+pub const REASON_PTRACE_TARGET: u32 = 4;
+pub const REASON_PROC_MEM: u32 = 5;
+pub const REASON_IO_URING_OP: u32 = 6;
+pub const REASON_UNTRACED: u32 = 7;
+pub const REASON_DOOMED: u32 = 8;
+
+pub const NET_RAW_SOCKET: u32 = 1;
+pub const NET_PING_SOCKET: u32 = 2;
+pub const NET_PROTOCOL: u32 = 3;
+pub const NET_ROUTING_OPTION: u32 = 4;
+pub const NET_ROUTING_PACKET: u32 = 5;
 
 pub const ACCESS_READ: u8 = 1;
 pub const ACCESS_WRITE: u8 = 2;
@@ -25,6 +42,12 @@ pub const ACCESS_WRITE: u8 = 2;
 pub const COUNTER_EVENT_DROPS: u32 = 0;
 pub const COUNTER_REGISTRY_FULL: u32 = 1;
 pub const COUNTER_MARK_FAILED: u32 = 2;
+pub const COUNTER_UNTRACED: u32 = 3;
+pub const COUNTER_UNGUARDED_EXIT: u32 = 4;
+
+/// `IO_URING_OPS` values besides a syscall number.
+pub const IO_URING_OP_NO_SYSCALL: i32 = -2;
+pub const IO_URING_OP_UNKNOWN: i32 = -1;
 
 pub const SYSCALL_WORDS: usize = SYSCALL_BITMAP_BITS / 64;
 pub const MAX_PATH: usize = 256;
@@ -48,7 +71,10 @@ pub struct Generation {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TaskMark {
     pub confined: u32,
-    pub _pad: u32,
+    /// `MARK_*` bits.
+    pub flags: u32,
+    /// Syscalls the guard judged for this task (kept by the probe).
+    pub guarded: u64,
 }
 
 /// `CONFINED` value (key: TGID).
@@ -113,6 +139,8 @@ pub struct RawEvent {
     pub addr: [u8; 16],
     pub comm: [u8; 16],
     pub path: [u8; 128],
+    pub reason: u32,
+    pub detail: u32,
 }
 
 // SAFETY: plain-old-data with no pointers; every bit pattern is valid.
@@ -185,5 +213,8 @@ mod tests {
         expect("aa_event.addr", offset_of!(RawEvent, addr));
         expect("aa_event.comm", offset_of!(RawEvent, comm));
         expect("aa_event.path", offset_of!(RawEvent, path));
+        expect("aa_event.reason", offset_of!(RawEvent, reason));
+        expect("aa_event.detail", offset_of!(RawEvent, detail));
+        expect("aa_task_mark.guarded", offset_of!(TaskMark, guarded));
     }
 }

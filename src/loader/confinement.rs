@@ -5,13 +5,45 @@
 //! registry (a hash of TGIDs) exists because task storage cannot be
 //! enumerated. Marks are written while the process is stopped
 //! (`process::with_stopped`), so no thread is created unmarked meanwhile.
+//!
+//! # Identity
+//! A registry entry is a PID number, and numbers are reused. An entry
+//! counts only while the process behind the number carries the mark
+//! (checked through a pidfd, so it is that very task) and has not exited;
+//! any other entry is stale and is removed. `confine`, `release` and
+//! `status` act only on processes checked this way.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
-use super::abi::TaskMark;
+use aya::maps::MapError;
+use aya::maps::PerCpuValues;
+
+use super::abi::{Confined, TaskMark};
 use super::kernel::KernelLoader;
-use super::{LoaderError, sys};
+use super::maps::map_err;
+use super::{LoaderError, process, sys};
+use crate::guard::{self, ConfinedSet};
+
+/// What the registry says about one PID.
+enum Entry {
+    /// The process behind the number is confined and alive.
+    Confined,
+    /// The number names no confined live process (exited, or reused).
+    Stale,
+}
+
+/// Whether the process behind `pidfd` has exited (a zombie or reaped).
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; no waiting.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    ready > 0 && pollfd.revents & libc::POLLIN != 0
+}
 
 impl KernelLoader {
     /// Whether the task `tid` carries a confinement mark.
@@ -23,6 +55,122 @@ impl KernelLoader {
             .map_err(|e| LoaderError::io(format!("bpf_map_lookup_elem TASK_MARK tid {tid}"), e))
     }
 
+    /// Checks the registry entry of `pid` against the process itself.
+    fn check_entry(&mut self, pid: u32) -> Result<Entry, LoaderError> {
+        let pidfd = match sys::pidfd_open(pid, false) {
+            Ok(pidfd) => pidfd,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(Entry::Stale),
+            Err(e) => return Err(LoaderError::io(format!("pidfd_open({pid})"), e)),
+        };
+        self.map_ops += 1;
+        let marked =
+            sys::task_storage_contains::<TaskMark>(self.maps.task_mark.fd().as_fd(), &pidfd)
+                .map_err(|e| {
+                    LoaderError::io(format!("bpf_map_lookup_elem TASK_MARK pid {pid}"), e)
+                })?;
+        Ok(if marked && !exited(&pidfd) {
+            Entry::Confined
+        } else {
+            Entry::Stale
+        })
+    }
+
+    /// The confined processes, each checked (see the module doc); stale
+    /// entries are removed on the way.
+    pub(super) fn checked_registry(&mut self) -> Result<ConfinedSet, LoaderError> {
+        let mut listed = Vec::new();
+        for key in self.maps.confined.keys() {
+            self.map_ops += 1;
+            listed.push(key.map_err(map_err("CONFINED", ""))?);
+        }
+        let mut confined = Vec::with_capacity(listed.len());
+        for pid in listed {
+            match self.check_entry(pid)? {
+                Entry::Confined => confined.push(pid),
+                Entry::Stale => self.forget_process(pid)?,
+            }
+        }
+        Ok(ConfinedSet::from_pids(confined))
+    }
+
+    fn forget_process(&mut self, pid: u32) -> Result<(), LoaderError> {
+        self.map_ops += 1;
+        match self.maps.confined.remove(&pid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("CONFINED", pid.to_string())(e)),
+        }
+    }
+
+    /// Clears every CPU's guard cache entry (see `GUARD_CACHE` in
+    /// `probes/aa_policy.h`): after marks are written on existing tasks, no
+    /// CPU may still remember one of them as unconfined.
+    pub(super) fn forget_guard_cache(&mut self) -> Result<(), LoaderError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoaderError::io("counting CPUs", e))?;
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus])
+            .map_err(|e| LoaderError::io("building per-CPU values", e))?;
+        self.map_ops += 1;
+        self.maps
+            .guard_cache
+            .set(0, zeros, 0)
+            .map_err(map_err("GUARD_CACHE", "0"))
+    }
+
+    /// Confines every thread of `pid`: with the process stopped, the hooks
+    /// are attached (so that no thread is in the middle of creating a task
+    /// while the kernel turns syscall tracing on for every task), the
+    /// process enters the registry, every thread is marked, and no CPU's
+    /// guard cache remembers any of them as unconfined.
+    pub(super) fn confine_process(&mut self, pid: u32) -> Result<(), LoaderError> {
+        guard::check_confine(&self.mirror.rules, pid)?;
+        let result = process::with_stopped(pid, |threads| {
+            self.attach_hooks()?;
+            self.map_ops += 1;
+            self.maps
+                .confined
+                .insert(pid, Confined::default(), 0)
+                .map_err(map_err("CONFINED", pid.to_string()))?;
+            self.mark_threads(pid, threads, true)?;
+            self.forget_guard_cache()?;
+            // A process that died meanwhile never reaches the exit hook
+            // again: its entry would stay.
+            match self.check_entry(pid)? {
+                Entry::Confined => Ok(()),
+                Entry::Stale => Err(LoaderError::Process {
+                    pid,
+                    reason: "exited while it was being confined".into(),
+                }),
+            }
+        });
+        if result.is_err() {
+            // Best effort: a process we failed to confine must not stay
+            // half-marked or registered, and idle hooks must not stay
+            // attached.
+            let _ = process::with_stopped(pid, |threads| self.mark_threads(pid, threads, false));
+            let _ = self.forget_process(pid);
+            let _ = self.sync_hooks();
+        }
+        result
+    }
+
+    /// Releases `pid`, which must be a confined process (checked, so that
+    /// an unrelated process that got its number is never stopped).
+    pub(super) fn release_process(&mut self, pid: u32) -> Result<(), LoaderError> {
+        let registered = self.maps.confined.get(&pid, 0).is_ok();
+        if !registered || !matches!(self.check_entry(pid)?, Entry::Confined) {
+            if registered {
+                self.forget_process(pid)?;
+            }
+            return Err(LoaderError::Process {
+                pid,
+                reason: "is not a confined process".into(),
+            });
+        }
+        process::with_stopped(pid, |threads| self.mark_threads(pid, threads, false))?;
+        self.forget_process(pid)?;
+        self.sync_hooks()?;
+        Ok(())
+    }
+
     pub(super) fn mark_threads(
         &mut self,
         pid: u32,
@@ -31,7 +179,8 @@ impl KernelLoader {
     ) -> Result<(), LoaderError> {
         let mark = TaskMark {
             confined: 1,
-            _pad: 0,
+            flags: 0,
+            guarded: 0,
         };
         for &tid in threads {
             let pidfd = match sys::pidfd_open(tid, true) {

@@ -1,18 +1,21 @@
-//! The probes' programs: loading them, and attaching or detaching their
-//! hooks.
+//! The probes' programs: loading them, attaching and detaching their hooks,
+//! and keeping the attachments alive.
 //!
 //! Why this exists: the hooks are the costly part (any `sys_enter` program
 //! puts every task on the traced-syscall path), so they are attached on the
-//! first confine and detached when nothing is confined. Links are pinned so
-//! that enforcement outlives the loader and a new loader adopts them
-//! instead of attaching twice.
+//! first confine and detached when nothing is confined. Each attachment is
+//! a BPF link with two references: a pin under `<pin dir>/v<ABI>/links`, so
+//! that enforcement outlives the loader and a new loader adopts it, and a
+//! descriptor this loader holds for its whole life, so that removing a pin
+//! (a confined root process running `rm`) detaches nothing while a loader
+//! runs. `repair_pins` puts back what was removed.
 
 use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use aya::maps::MapError;
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{BtfTracePoint, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt};
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use super::kernel::KernelLoader;
@@ -23,121 +26,182 @@ use super::{Loader, LoaderError, sys};
 static SYSCALL_GUARD_OBJ: &[u8] = aya::include_bytes_aligned!("../../probes/syscall_guard.bpf.o");
 static TASK_LIFECYCLE_OBJ: &[u8] = aya::include_bytes_aligned!("../../probes/task_lifecycle.bpf.o");
 static EGRESS_OBJ: &[u8] = aya::include_bytes_aligned!("../../probes/egress.bpf.o");
+static IO_URING_GUARD_OBJ: &[u8] = aya::include_bytes_aligned!("../../probes/io_uring_guard.bpf.o");
+static FILE_ACCESS_OBJ: &[u8] = aya::include_bytes_aligned!("../../probes/file_access.bpf.o");
 
-pub(super) const OBJECTS: [(&str, &[u8]); 3] = [
+pub(super) const OBJECTS: [(&str, &[u8]); 5] = [
     ("syscall_guard", SYSCALL_GUARD_OBJ),
     ("task_lifecycle", TASK_LIFECYCLE_OBJ),
     ("egress", EGRESS_OBJ),
+    ("io_uring_guard", IO_URING_GUARD_OBJ),
+    ("file_access", FILE_ACCESS_OBJ),
 ];
 
+/// How a program attaches.
 #[derive(Clone, Copy)]
 pub(super) enum Attach {
     /// tp_btf program on this tracepoint.
     Tracing(&'static str),
-    /// cgroup sock_addr program at the cgroup v2 root.
-    CgroupRoot,
+    /// A cgroup program at the cgroup v2 root, with its kind and the
+    /// kernel's `enum bpf_attach_type` value.
+    Cgroup(Cgroup, u32),
+}
+
+/// The cgroup program kinds the probes use.
+#[derive(Clone, Copy)]
+pub(super) enum Cgroup {
+    /// connect4/6, sendmsg4/6.
+    SockAddr,
+    /// sock_create.
+    Sock,
+    /// setsockopt.
+    Sockopt,
+    /// cgroup_skb egress.
+    Skb,
 }
 
 /// Every program, its object and how it attaches. Lifecycle hooks come
-/// first so that marks propagate, and the per-CPU flag is kept, before the
-/// guard reads them; detaching goes in reverse.
-pub(super) const HOOKS: [(usize, &str, Attach); 9] = [
-    (1, "task_switch", Attach::Tracing("sched_switch")),
-    (1, "task_fork", Attach::Tracing("sched_process_fork")),
+/// first so that marks propagate before the guards read them; the syscall
+/// guard comes last; detaching goes in reverse.
+pub(super) const HOOKS: [(usize, &str, Attach); 13] = [
+    (1, "task_new", Attach::Tracing("task_newtask")),
     (1, "task_exit", Attach::Tracing("sched_process_exit")),
     (1, "task_exec", Attach::Tracing("sched_process_exec")),
-    (2, "egress_connect4", Attach::CgroupRoot),
-    (2, "egress_connect6", Attach::CgroupRoot),
-    (2, "egress_sendmsg4", Attach::CgroupRoot),
-    (2, "egress_sendmsg6", Attach::CgroupRoot),
+    (3, "io_uring_guard", Attach::Tracing("io_uring_submit_req")),
+    (2, "egress_socket", Attach::Cgroup(Cgroup::Sock, 2)),
+    (2, "egress_connect4", Attach::Cgroup(Cgroup::SockAddr, 10)),
+    (2, "egress_connect6", Attach::Cgroup(Cgroup::SockAddr, 11)),
+    (2, "egress_sendmsg4", Attach::Cgroup(Cgroup::SockAddr, 14)),
+    (2, "egress_sendmsg6", Attach::Cgroup(Cgroup::SockAddr, 15)),
+    (2, "egress_sockopt", Attach::Cgroup(Cgroup::Sockopt, 22)),
+    (2, "egress_packet", Attach::Cgroup(Cgroup::Skb, 1)),
+    (4, "file_access", Attach::Tracing("sys_exit")),
     (0, "syscall_guard", Attach::Tracing("sys_enter")),
 ];
 
-impl KernelLoader {
-    /// Whether the hooks are attached (their links are pinned).
-    pub fn hooks_attached(&self) -> bool {
-        HOOKS
-            .iter()
-            .any(|(_, program, _)| self.pins.link(program).exists())
-    }
+/// A hook this loader keeps attached: its link's descriptor.
+pub(super) struct HeldLink {
+    program: &'static str,
+    fd: OwnedFd,
+}
 
-    /// The hooks attached through this pin dir: (program, link id, program id).
-    pub fn attached_links(&self) -> Result<Vec<(&'static str, u32, u32)>, LoaderError> {
-        let mut links = Vec::new();
+/// An object (map or link) this loader holds, and where its pin belongs.
+struct Pinned<'a> {
+    what: &'static str,
+    fd: &'a OwnedFd,
+    pin: PathBuf,
+}
+
+/// What the kernel has attached for one hook, read from the link itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookState {
+    pub program: &'static str,
+    pub link_id: u32,
+    pub program_id: u32,
+    /// Whether the pin is in place; `repair_pins` puts a missing one back.
+    pub pinned: bool,
+}
+
+fn pin_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> LoaderError + '_ {
+    move |e| LoaderError::io(format!("pinning {}", path.display()), e)
+}
+
+/// Whether the object pinned at `pin` is the one behind `fd`.
+fn pin_holds(pin: &std::path::Path, fd: &OwnedFd) -> bool {
+    let Ok(pinned) = sys::obj_get(pin) else {
+        return false;
+    };
+    matches!(
+        (sys::object_id(pinned.as_fd()), sys::object_id(fd.as_fd())),
+        (Ok(a), Ok(b)) if a == b
+    )
+}
+
+impl KernelLoader {
+    /// Takes a descriptor on every link an earlier loader pinned here.
+    pub(super) fn adopt_links(&mut self) -> Result<(), LoaderError> {
         for (_, program, _) in HOOKS {
             let pin = self.pins.link(program);
-            if !pin.exists() {
+            if self.links.iter().any(|held| held.program == program) || !pin.exists() {
                 continue;
             }
-            let info_err = |e: aya::programs::links::LinkError| {
-                LoaderError::io(
-                    format!("reading pinned link {}", pin.display()),
-                    std::io::Error::other(e),
-                )
-            };
-            let link = FdLink::from(PinnedLink::from_pin(&pin).map_err(info_err)?);
-            let info = link.info().map_err(info_err)?;
-            links.push((program, info.id(), info.program_id()));
-        }
-        Ok(links)
-    }
-
-    /// Attaches every hook whose link is not pinned yet, and pins it.
-    pub fn attach_hooks(&mut self) -> Result<(), LoaderError> {
-        let mut cgroup_root: Option<File> = None;
-        for (object, program, attach) in HOOKS {
-            let pin = self.pins.link(program);
-            if pin.exists() {
-                continue;
-            }
-            let program_err = |source| LoaderError::Program {
-                program,
-                source: Box::new(source),
-            };
-            let ebpf = &mut self.objects[object];
-            let link: FdLink = match attach {
-                Attach::Tracing(_) => {
-                    let prog: &mut BtfTracePoint = program_mut(ebpf, program)?;
-                    let id = prog.attach().map_err(program_err)?;
-                    prog.take_link(id).map_err(program_err)?.into()
-                }
-                Attach::CgroupRoot => {
-                    if cgroup_root.is_none() {
-                        let path = cgroup2_root()?;
-                        cgroup_root = Some(File::open(&path).map_err(|e| {
-                            LoaderError::io(format!("opening cgroup v2 root {}", path.display()), e)
-                        })?);
-                    }
-                    let root = cgroup_root.as_ref().ok_or_else(|| {
-                        LoaderError::io("cgroup v2 root", std::io::Error::other("not opened"))
-                    })?;
-                    let prog: &mut CgroupSockAddr = program_mut(ebpf, program)?;
-                    // aya 0.14 forwards AllowMultiple as link flags, which
-                    // 6.18 rejects; cgroup links are multi-attach anyway.
-                    let id = prog
-                        .attach(root, CgroupAttachMode::Single)
-                        .map_err(program_err)?;
-                    prog.take_link(id)
-                        .map_err(program_err)?
-                        .try_into()
-                        .map_err(|e| {
-                            LoaderError::io(format!("link of {program}"), std::io::Error::other(e))
-                        })?
-                }
-            };
-            link.pin(&pin).map_err(|e| {
-                LoaderError::io(
-                    format!("pinning link {}", pin.display()),
-                    std::io::Error::other(e),
-                )
+            let fd = sys::obj_get(&pin).map_err(|e| {
+                LoaderError::io(format!("adopting pinned link {}", pin.display()), e)
             })?;
+            self.links.push(HeldLink { program, fd });
         }
         Ok(())
     }
 
-    /// Detaches every hook, guard first.
+    /// Whether any hook is attached through this loader.
+    pub fn hooks_attached(&self) -> bool {
+        !self.links.is_empty()
+    }
+
+    /// The hooks the kernel has attached for this pin dir, from the links
+    /// this loader holds (not from the pins, which a root process can
+    /// remove).
+    pub fn hook_states(&self) -> Result<Vec<HookState>, LoaderError> {
+        let mut states = Vec::with_capacity(self.links.len());
+        for held in &self.links {
+            let (link_id, program_id) = sys::link_ids(held.fd.as_fd()).map_err(|e| {
+                LoaderError::io(
+                    format!("reading link of {} (BPF_OBJ_GET_INFO_BY_FD)", held.program),
+                    e,
+                )
+            })?;
+            states.push(HookState {
+                program: held.program,
+                link_id,
+                program_id,
+                pinned: pin_holds(&self.pins.link(held.program), &held.fd),
+            });
+        }
+        Ok(states)
+    }
+
+    /// The hooks attached through this pin dir: (program, link id, program id).
+    pub fn attached_links(&self) -> Result<Vec<(&'static str, u32, u32)>, LoaderError> {
+        Ok(self
+            .hook_states()?
+            .into_iter()
+            .map(|state| (state.program, state.link_id, state.program_id))
+            .collect())
+    }
+
+    /// Attaches every hook not attached yet, pins it and keeps its link.
+    pub fn attach_hooks(&mut self) -> Result<(), LoaderError> {
+        self.adopt_links()?;
+        let mut cgroup_root: Option<File> = None;
+        for (object, program, attach) in HOOKS {
+            if self.links.iter().any(|held| held.program == program) {
+                continue;
+            }
+            let fd = attach_program(&mut self.objects[object], program, attach, &mut cgroup_root)?;
+            let pin = self.pins.link(program);
+            sys::obj_pin(fd.as_fd(), &pin).map_err(pin_err(&pin))?;
+            self.links.push(HeldLink { program, fd });
+        }
+        // Marks only ever appear on tasks created by a confined task (which
+        // clears the cache itself) or written by `confine`; a cache left
+        // from an earlier attachment says nothing about either.
+        self.forget_guard_cache()?;
+        Ok(())
+    }
+
+    /// Detaches every hook, guard first: removes its pin and drops the
+    /// link this loader held.
     pub fn detach_hooks(&mut self) -> Result<(), LoaderError> {
-        detach_links(&self.pins)
+        for (_, program, _) in HOOKS.iter().rev() {
+            let pin = self.pins.link(program);
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LoaderError::io(format!("unpinning {}", pin.display()), e)),
+            }
+            self.links.retain(|held| held.program != *program);
+        }
+        Ok(())
     }
 
     /// Detaches the hooks when nothing is confined and the registry is known
@@ -150,25 +214,109 @@ impl KernelLoader {
         }
         Ok(self.hooks_attached())
     }
+
+    /// Puts back every pin of a map or link this loader holds that is
+    /// missing or names another object (removed or replaced by someone
+    /// else); returns what it repaired. Nothing was detached meanwhile:
+    /// this loader's descriptors kept every object alive.
+    pub fn repair_pins(&mut self) -> Result<Vec<&'static str>, LoaderError> {
+        let mut held: Vec<Pinned<'_>> = self
+            .links
+            .iter()
+            .map(|link| Pinned {
+                what: link.program,
+                fd: &link.fd,
+                pin: self.pins.link(link.program),
+            })
+            .collect();
+        held.extend(self.map_fds.iter().map(|(name, fd)| Pinned {
+            what: name,
+            fd,
+            pin: self.pins.maps().join(name),
+        }));
+        let mut repaired = Vec::new();
+        for object in held {
+            if pin_holds(&object.pin, object.fd) {
+                continue;
+            }
+            if let Some(dir) = object.pin.parent() {
+                std::fs::create_dir_all(dir).map_err(pin_err(dir))?;
+            }
+            match std::fs::remove_file(&object.pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(pin_err(&object.pin)(e)),
+            }
+            sys::obj_pin(object.fd.as_fd(), &object.pin).map_err(pin_err(&object.pin))?;
+            repaired.push(object.what);
+        }
+        Ok(repaired)
+    }
 }
 
+/// Attaches one program and hands back its link's descriptor.
+fn attach_program(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    attach: Attach,
+    cgroup_root: &mut Option<File>,
+) -> Result<OwnedFd, LoaderError> {
+    let program_err = |source| LoaderError::Program {
+        program,
+        source: Box::new(source),
+    };
+    let prog = ebpf.program(program).ok_or_else(|| LoaderError::Program {
+        program,
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+    })?;
+    let prog_fd = prog.fd().map_err(program_err)?;
+    // The links are created here rather than through aya 0.14, which keeps
+    // a link's descriptor private (so it could not be held or re-pinned),
+    // cannot hand over a setsockopt link, and forwards AllowMultiple as
+    // link flags, which 6.18 rejects (cgroup links are multi-attach
+    // anyway).
+    match attach {
+        Attach::Tracing(tracepoint) => sys::raw_tracepoint_open(prog_fd.as_fd()).map_err(|e| {
+            LoaderError::io(
+                format!("attaching {program} to {tracepoint} (BPF_RAW_TRACEPOINT_OPEN)"),
+                e,
+            )
+        }),
+        Attach::Cgroup(_, attach_type) => {
+            let root = cgroup_root_file(cgroup_root)?;
+            sys::link_create(prog_fd.as_fd(), root.as_fd(), attach_type).map_err(|e| {
+                LoaderError::io(
+                    format!("attaching {program} to the cgroup v2 root (BPF_LINK_CREATE)"),
+                    e,
+                )
+            })
+        }
+    }
+}
+
+/// The cgroup v2 root, opened once per attach round.
+fn cgroup_root_file(cache: &mut Option<File>) -> Result<&File, LoaderError> {
+    if cache.is_none() {
+        let path = cgroup2_root()?;
+        *cache = Some(File::open(&path).map_err(|e| {
+            LoaderError::io(format!("opening cgroup v2 root {}", path.display()), e)
+        })?);
+    }
+    cache
+        .as_ref()
+        .ok_or_else(|| LoaderError::io("cgroup v2 root", std::io::Error::other("not opened")))
+}
+
+/// Removes the pins of every hook under `pins` (for `unload`, which holds
+/// no descriptors: the links detach as their last pin goes).
 pub(super) fn detach_links(pins: &PinLayout) -> Result<(), LoaderError> {
     for (_, program, _) in HOOKS.iter().rev() {
         let pin = pins.link(program);
-        if !pin.exists() {
-            continue;
+        match std::fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LoaderError::io(format!("unpinning {}", pin.display()), e)),
         }
-        let link = PinnedLink::from_pin(&pin).map_err(|e| {
-            LoaderError::io(
-                format!("opening pinned link {}", pin.display()),
-                std::io::Error::other(e),
-            )
-        })?;
-        // Dropping the FdLink closes the last reference: the link detaches.
-        drop(
-            link.unpin()
-                .map_err(|e| LoaderError::io(format!("unpinning {}", pin.display()), e))?,
-        );
     }
     Ok(())
 }
@@ -232,8 +380,20 @@ pub(super) fn load_program(
             let prog: &mut BtfTracePoint = program_mut(ebpf, program)?;
             prog.load(tracepoint, btf).map_err(program_err)
         }
-        Attach::CgroupRoot => {
+        Attach::Cgroup(Cgroup::SockAddr, _) => {
             let prog: &mut CgroupSockAddr = program_mut(ebpf, program)?;
+            prog.load().map_err(program_err)
+        }
+        Attach::Cgroup(Cgroup::Sock, _) => {
+            let prog: &mut CgroupSock = program_mut(ebpf, program)?;
+            prog.load().map_err(program_err)
+        }
+        Attach::Cgroup(Cgroup::Sockopt, _) => {
+            let prog: &mut CgroupSockopt = program_mut(ebpf, program)?;
+            prog.load().map_err(program_err)
+        }
+        Attach::Cgroup(Cgroup::Skb, _) => {
+            let prog: &mut CgroupSkb = program_mut(ebpf, program)?;
             prog.load().map_err(program_err)
         }
     }

@@ -7,22 +7,23 @@
 //! `confinement` (marks and the registry), `maps` and `rule_keys` (the map
 //! layouts).
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use aya::Btf;
 use aya::Ebpf;
-use aya::maps::{MapData, MapError, RingBuf};
+use aya::maps::{MapData, RingBuf};
 
-use super::abi::{self, Confined};
-use super::hooks::{HOOKS, OBJECTS, load_object, load_program};
-use super::maps::{Maps, map_err, take_maps};
+use super::abi;
+use super::hooks::{HOOKS, HeldLink, OBJECTS, load_object, load_program};
+use super::maps::{MAPS, Maps, map_err, take_maps};
 use super::pins::{PinLayout, ensure_bpffs, lock_pin_dir};
-use super::{Applied, ApplyReport, Loader, LoaderError, ProbeCounters, process, sys};
+use super::{Applied, ApplyReport, Loader, LoaderError, ProbeCounters, io_uring_ops, sys};
 use crate::delta::Delta;
 use crate::guard::{self, ConfinedSet};
 use crate::ruleset::{Arch, RuleSet};
 
-pub use super::hooks::cgroup2_root;
+pub use super::hooks::{HookState, cgroup2_root};
 pub use super::maps::{EventDropCounter, event_drop_counter, read_applied};
 pub use super::pins::{DEFAULT_PIN_DIR, unload};
 
@@ -35,6 +36,10 @@ pub struct KernelLoader {
     pub(super) _lock: std::fs::File,
     pub(super) objects: Vec<Ebpf>,
     pub(super) maps: Maps,
+    /// A descriptor on every pinned map, so a removed pin can be put back.
+    pub(super) map_fds: Vec<(&'static str, OwnedFd)>,
+    /// The hooks attached through this loader (see `hooks`).
+    pub(super) links: Vec<HeldLink>,
     /// What the active slot holds; re-read from the maps at open.
     pub(super) mirror: Applied,
     pub(super) active_slot: u32,
@@ -81,11 +86,20 @@ impl KernelLoader {
             load_program(&mut objects[object], program, attach, &btf)?;
         }
         let maps = take_maps(&mut objects[0])?;
+        let mut map_fds = Vec::with_capacity(MAPS.len());
+        for name in MAPS {
+            let pin = pins.maps().join(name);
+            let fd = sys::obj_get(&pin)
+                .map_err(|e| LoaderError::io(format!("opening pinned map {}", pin.display()), e))?;
+            map_fds.push((name, fd));
+        }
         let mut loader = KernelLoader {
             pins,
             _lock: lock,
             objects,
             maps,
+            map_fds,
+            links: Vec::new(),
             mirror: Applied {
                 generation: 0,
                 rules: RuleSet::unrestricted(),
@@ -97,6 +111,8 @@ impl KernelLoader {
                 LoaderError::io("creating the grace-period maps (bpf_map_create)", e)
             })?,
         };
+        loader.adopt_links()?;
+        loader.write_io_uring_ops()?;
         loader.mirror = loader.read_back()?;
         Ok(loader)
     }
@@ -118,7 +134,22 @@ impl KernelLoader {
             event_drops: read(abi::COUNTER_EVENT_DROPS)?,
             registry_full: read(abi::COUNTER_REGISTRY_FULL)?,
             mark_failed: read(abi::COUNTER_MARK_FAILED)?,
+            untraced: read(abi::COUNTER_UNTRACED)?,
+            unguarded_exit: read(abi::COUNTER_UNGUARDED_EXIT)?,
         })
+    }
+
+    /// Tells the io_uring guard what each request stands for. Rewritten at
+    /// every open: the table belongs to this binary, not to the pins.
+    fn write_io_uring_ops(&mut self) -> Result<(), LoaderError> {
+        for (opcode, value) in (0u32..).zip(io_uring_ops::table(Arch::native())) {
+            self.map_ops += 1;
+            self.maps
+                .io_uring_ops
+                .set(opcode, value, 0)
+                .map_err(map_err("IO_URING_OPS", opcode.to_string()))?;
+        }
+        Ok(())
     }
 
     /// The event ring buffer; only one consumer may read it, so it is handed
@@ -152,43 +183,15 @@ impl Loader for KernelLoader {
     }
 
     fn confined(&mut self) -> Result<ConfinedSet, LoaderError> {
-        let mut pids = Vec::new();
-        for key in self.maps.confined.keys() {
-            self.map_ops += 1;
-            pids.push(key.map_err(map_err("CONFINED", ""))?);
-        }
-        Ok(ConfinedSet::from_pids(pids))
+        self.checked_registry()
     }
 
     fn confine(&mut self, pid: u32) -> Result<(), LoaderError> {
-        guard::check_confine(&self.mirror.rules, pid)?;
-        self.attach_hooks()?;
-        let result = process::with_stopped(pid, |threads| {
-            self.mark_threads(pid, threads, true)?;
-            self.map_ops += 1;
-            self.maps
-                .confined
-                .insert(pid, Confined::default(), 0)
-                .map_err(map_err("CONFINED", pid.to_string()))
-        });
-        if result.is_err() {
-            // Best effort: a process we failed to confine must not stay
-            // half-marked, and idle hooks must not stay attached.
-            let _ = process::with_stopped(pid, |threads| self.mark_threads(pid, threads, false));
-            let _ = self.sync_hooks();
-        }
-        result
+        self.confine_process(pid)
     }
 
     fn release(&mut self, pid: u32) -> Result<(), LoaderError> {
-        process::with_stopped(pid, |threads| self.mark_threads(pid, threads, false))?;
-        self.map_ops += 1;
-        match self.maps.confined.remove(&pid) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("CONFINED", pid.to_string())(e)),
-        }
-        self.sync_hooks()?;
-        Ok(())
+        self.release_process(pid)
     }
 
     fn map_ops(&self) -> u64 {

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::LpmTrie;
-use aya::maps::{Array, HashMap, Map, MapData, MapError, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 
 use super::abi::{self, Confined, Egress4Data, Egress6Data, Generation, PathData, RuleValue};
 use super::pins::PinLayout;
@@ -23,15 +23,17 @@ use crate::ruleset::{
 };
 
 /// Every pinned map, by the name the probes give it.
-pub(super) const MAPS: [&str; 10] = [
+pub(super) const MAPS: [&str; 12] = [
     "ACTIVE",
     "GENERATIONS",
     "TASK_MARK",
     "CONFINED",
-    "CURRENT_CONFINED",
+    "GUARD_CACHE",
     "EGRESS4",
     "EGRESS6",
     "PATHS",
+    "IO_URING_OPS",
+    "SOCKET_MARK",
     "EVENTS",
     "COUNTERS",
 ];
@@ -44,6 +46,8 @@ pub(super) struct Maps {
     pub(super) egress4: LpmTrie<MapData, Egress4Data, RuleValue>,
     pub(super) egress6: LpmTrie<MapData, Egress6Data, RuleValue>,
     pub(super) paths: LpmTrie<MapData, PathData, RuleValue>,
+    pub(super) guard_cache: PerCpuArray<MapData, u64>,
+    pub(super) io_uring_ops: Array<MapData, i32>,
     pub(super) counters: Array<MapData, u64>,
     pub(super) events: Option<RingBuf<MapData>>,
     pub(super) capacity: BTreeMap<&'static str, usize>,
@@ -238,6 +242,8 @@ fn build_maps(
         egress4: typed("EGRESS4", egress4, LpmTrie::try_from)?,
         egress6: typed("EGRESS6", egress6, LpmTrie::try_from)?,
         paths: typed("PATHS", paths, LpmTrie::try_from)?,
+        guard_cache: typed("GUARD_CACHE", get("GUARD_CACHE")?, PerCpuArray::try_from)?,
+        io_uring_ops: typed("IO_URING_OPS", get("IO_URING_OPS")?, Array::try_from)?,
         counters: typed("COUNTERS", get("COUNTERS")?, Array::try_from)?,
         events: Some(typed("EVENTS", get("EVENTS")?, RingBuf::try_from)?),
         capacity,

@@ -13,6 +13,7 @@ pub mod abi;
 mod confinement;
 mod generations;
 mod hooks;
+pub mod io_uring_ops;
 pub mod kernel;
 mod maps;
 mod pins;
@@ -51,6 +52,11 @@ pub struct ProbeCounters {
     pub registry_full: u64,
     /// Confined children whose mark could not be allocated.
     pub mark_failed: u64,
+    /// Confined tasks created without syscall tracing (killed; must stay 0).
+    pub untraced: u64,
+    /// Confined tasks that called exit without the guard ever judging one
+    /// of their syscalls: a hole in the guard's hot path (must stay 0).
+    pub unguarded_exit: u64,
 }
 
 pub trait Loader {

@@ -1,5 +1,6 @@
 //! Raw system calls the loader needs and aya 0.14 does not wrap: task-storage
-//! map elements keyed by pidfd, `pidfd_open`, an RCU grace period, and bpffs.
+//! map elements keyed by pidfd, `pidfd_open`, an RCU grace period, bpffs, and
+//! pinning or inspecting a BPF object through a descriptor the loader keeps.
 //!
 //! Why isolated here: every `unsafe` FFI call of the loader lives in this
 //! file, each returning an `io::Error` that the caller names (which call,
@@ -227,6 +228,189 @@ impl GracePeriod {
             (&value as *const u32).cast(),
         )
     }
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// The `BPF_OBJ_*` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// The `BPF_OBJ_GET_INFO_BY_FD` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+#[repr(C, align(8))]
+union ObjBpfAttr {
+    obj: ObjAttr,
+    info: InfoAttr,
+    _size: [u8; 128],
+}
+
+fn bpf_obj(cmd: libc::c_long, attr: &mut ObjBpfAttr) -> io::Result<libc::c_long> {
+    // SAFETY: bpf(2) with a correctly sized attr whose pointers outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut ObjBpfAttr,
+            std::mem::size_of::<ObjBpfAttr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// `BPF_OBJ_GET`: a new descriptor for the object pinned at `path`.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = c_path(path)?;
+    // SAFETY: an all-zero bpf_attr is valid.
+    let mut attr: ObjBpfAttr = unsafe { std::mem::zeroed() };
+    attr.obj = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = bpf_obj(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_OBJ_PIN`: pins the object behind `fd` at `path` (which must not exist).
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let path = c_path(path)?;
+    // SAFETY: an all-zero bpf_attr is valid.
+    let mut attr: ObjBpfAttr = unsafe { std::mem::zeroed() };
+    attr.obj = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    bpf_obj(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// The kernel's id of a map or link.
+pub fn object_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    link_ids(fd).map(|(id, _)| id)
+}
+
+/// The kernel's ids of a link: (link id, id of the program it runs). For a
+/// map the first is its id (both info structs start with type, then id).
+pub fn link_ids(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    /// The head of `struct bpf_link_info`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkInfoHead {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+    }
+    let mut info = LinkInfoHead::default();
+    // SAFETY: an all-zero bpf_attr is valid.
+    let mut attr: ObjBpfAttr = unsafe { std::mem::zeroed() };
+    attr.info = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<LinkInfoHead>() as u32,
+        info: (&mut info as *mut LinkInfoHead) as u64,
+    };
+    bpf_obj(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok((info.id, info.prog_id))
+}
+
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// The `BPF_RAW_TRACEPOINT_OPEN` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawTracepointAttr {
+    name: u64,
+    prog_fd: u32,
+}
+
+/// The head of the `BPF_LINK_CREATE` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+#[repr(C, align(8))]
+union LinkBpfAttr {
+    raw_tracepoint: RawTracepointAttr,
+    link_create: LinkCreateAttr,
+    _size: [u8; 128],
+}
+
+fn bpf_link(cmd: libc::c_long, attr: &mut LinkBpfAttr) -> io::Result<OwnedFd> {
+    // SAFETY: bpf(2) with a correctly sized attr.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut LinkBpfAttr,
+            std::mem::size_of::<LinkBpfAttr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches a tp_btf program to the tracepoint it was loaded for; the
+/// returned link keeps it attached.
+pub fn raw_tracepoint_open(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: an all-zero bpf_attr is valid.
+    let mut attr: LinkBpfAttr = unsafe { std::mem::zeroed() };
+    attr.raw_tracepoint = RawTracepointAttr {
+        name: 0,
+        prog_fd: prog.as_raw_fd() as u32,
+    };
+    bpf_link(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
+}
+
+/// `BPF_LINK_CREATE`: attaches `prog` to `target` (a cgroup) as
+/// `attach_type`; the returned link keeps it attached.
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    // SAFETY: an all-zero bpf_attr is valid.
+    let mut attr: LinkBpfAttr = unsafe { std::mem::zeroed() };
+    attr.link_create = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: target.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+    };
+    bpf_link(BPF_LINK_CREATE, &mut attr)
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;

@@ -1,0 +1,47 @@
+/* io_uring guard: judge each io_uring request of a confined task like the
+ * syscall it stands for, and SIGKILL (enforce) or report (audit) the
+ * process when that syscall is not allowed.
+ *
+ * Why: a request runs no syscall of its own. It is executed inline, by an
+ * io-wq worker or by the SQPOLL thread (which submits without any syscall
+ * at all), so the syscall guard never sees it. io_uring_submit_req fires
+ * for every request, in the context of the task that submitted it (the
+ * caller of io_uring_enter or the SQPOLL thread, both confined: workers and
+ * SQPOLL threads are threads of the process and inherit its mark), before
+ * the request runs.
+ *
+ * A request is allowed only when io_uring_enter is (the policy grants
+ * io_uring at all) and so is the syscall it stands for (IO_URING_OPS,
+ * filled by the loader); a socket request under an egress allowlist is
+ * also judged by its family, as the syscall guard judges socket(). Like
+ * the syscall guard this is a tripwire: the kill lands, but the denied
+ * request itself may already have run.
+ */
+#include "aa_policy.h"
+
+SEC("tp_btf/io_uring_submit_req")
+int io_uring_guard(unsigned long long *ctx)
+{
+	struct io_kiocb *req = (struct io_kiocb *)ctx[0];
+	if (!aa_mark_of(bpf_get_current_task_btf()))
+		return 0;
+	struct aa_generation *gen = aa_active_generation();
+	if (!gen)
+		return 0;
+
+	__u32 opcode = req->opcode;
+	__s32 *stands_for = bpf_map_lookup_elem(&IO_URING_OPS, &opcode);
+	long nr = stands_for ? *stands_for : -1;
+	int allowed = aa_syscall_allowed(gen, AA_NR_IO_URING_ENTER) &&
+		      (nr == -2 || (nr >= 0 && aa_syscall_allowed(gen, nr)));
+	if (allowed && nr == AA_NR_SOCKET && gen->egress_restricted) {
+		struct io_socket *socket = (struct io_socket *)&req->cmd;
+		int family = BPF_CORE_READ(socket, domain);
+		allowed = aa_socket_family_allowed(family);
+	}
+	if (!allowed)
+		aa_deny(gen->mode, nr, 0, AA_REASON_IO_URING_OP, opcode);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
