@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
@@ -100,7 +101,7 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
         })?;
     if let Some(ring) = ring {
         let (events, commands) = (events.clone(), commands.clone());
-        let drops = kernel::event_drop_counter(&options.pin_dir);
+        let drops = kernel::pinned_counters(&options.pin_dir);
         std::thread::Builder::new()
             .name("probe-events".into())
             .spawn(move || read_events(ring, drops, &events, &commands))
@@ -189,11 +190,12 @@ async fn serve_until_signalled(
 /// exits so idle hooks can be detached.
 fn read_events(
     mut ring: RingBuf<MapData>,
-    drops: Option<kernel::EventDropCounter>,
+    drops: Option<kernel::PinnedCounters>,
     events: &broadcast::Sender<WireEvent>,
     commands: &mpsc::UnboundedSender<Command>,
 ) {
     let mut log = RateLimitedLog::new(EVENTS_LOGGED_PER_SECOND);
+    let exit_queued = Arc::new(AtomicBool::new(false));
     loop {
         let mut exited = false;
         events::drain(&mut ring, |event| {
@@ -207,10 +209,15 @@ fn read_events(
                 message: event.to_string(),
             });
         });
-        if exited && commands.send(Command::ProcessExited).is_err() {
+        if exited
+            && !exit_queued.swap(true, Ordering::SeqCst)
+            && commands
+                .send(Command::ProcessExited(Arc::clone(&exit_queued)))
+                .is_err()
+        {
             return;
         }
-        log.roll_window(drops.as_ref().and_then(|counter| counter.read()));
+        log.roll_window(drops.as_ref().and_then(kernel::PinnedCounters::event_drops));
         // The timeout lets suppressed counts flush during a quiet spell.
         events::wait_readable(&ring, 500);
     }

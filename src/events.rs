@@ -464,3 +464,76 @@ impl RateLimitedLog {
         self.suppressed = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kind: u32, nr: i64, reason: u32, detail: u32) -> Vec<u8> {
+        let event = RawEvent {
+            kind,
+            pid: 7,
+            tgid: 7,
+            mode: abi::MODE_ENFORCE,
+            syscall_nr: nr,
+            compat: 0,
+            family: 0,
+            port: 0,
+            addr: [0; 16],
+            comm: *b"agent\0\0\0\0\0\0\0\0\0\0\0",
+            path: [0; 128],
+            reason,
+            detail,
+        };
+        // SAFETY: RawEvent is repr(C) plain data; its bytes are what the
+        // ring buffer hands over.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&event as *const RawEvent).cast::<u8>(),
+                std::mem::size_of::<RawEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn a_syscall_number_of_minus_one_is_no_syscall_and_not_a_compat_entry() {
+        let event = Event::decode(&raw(abi::EVENT_SYSCALL, -1, abi::REASON_NOT_ALLOWED, 0))
+            .expect("decodes");
+        assert_eq!(event.syscall().as_deref(), Some("none"));
+        assert_eq!(
+            event.to_string(),
+            "pid 7 (agent) denied syscall none (-1), not in the allowlist: killed"
+        );
+    }
+
+    #[test]
+    fn each_reason_says_why_in_words() {
+        let cases = [
+            (
+                abi::REASON_INTEGRITY,
+                0,
+                "never allowed to a confined process",
+            ),
+            (abi::REASON_SOCKET_FAMILY, 17, "socket family AF_PACKET"),
+            (abi::REASON_NAMESPACE, 0x1000_0000, "judged as unshare"),
+            (
+                abi::REASON_PTRACE_TARGET,
+                42,
+                "process 42, which is not confined",
+            ),
+            (abi::REASON_PROC_MEM, 42, "opened the memory of process 42"),
+            (abi::REASON_IO_URING_OP, 36, "io_uring request UNLINKAT"),
+        ];
+        for (reason, detail, words) in cases {
+            let event =
+                Event::decode(&raw(abi::EVENT_SYSCALL, 1, reason, detail)).expect("decodes");
+            assert!(event.to_string().contains(words), "{event}");
+        }
+        let unknown = raw(abi::EVENT_SYSCALL, 1, 99, 0);
+        assert!(
+            Event::decode(&unknown).is_none(),
+            "an unknown reason is not guessed"
+        );
+    }
+}

@@ -17,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -91,8 +92,9 @@ pub enum Command {
         base_generation: u64,
         reply: Reply<Result<ReloadRecord, String>>,
     },
-    /// A confined process exited: refresh status, detach idle hooks.
-    ProcessExited,
+    /// Confined processes exited: refresh status, detach idle hooks. The
+    /// flag is set while one is queued, so a burst of exits is one command.
+    ProcessExited(Arc<AtomicBool>),
     /// Something changed under the pin dir: put back removed pins.
     RepairPins,
     Shutdown {
@@ -244,7 +246,8 @@ impl Reconciler {
                     let _ = reply.send(record);
                 }
                 Command::RepairPins => self.repair_pins(),
-                Command::ProcessExited => {
+                Command::ProcessExited(queued) => {
+                    queued.store(false, Ordering::SeqCst);
                     if let Err(error) = self.loader.sync_hooks() {
                         tracing::warn!("could not detach idle hooks: {error}");
                     }

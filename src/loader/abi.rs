@@ -44,6 +44,8 @@ pub const COUNTER_REGISTRY_FULL: u32 = 1;
 pub const COUNTER_MARK_FAILED: u32 = 2;
 pub const COUNTER_UNTRACED: u32 = 3;
 pub const COUNTER_UNGUARDED_EXIT: u32 = 4;
+/// How many counters there are.
+pub const COUNTERS: u32 = 5;
 
 /// `IO_URING_OPS` values besides a syscall number.
 pub const IO_URING_OP_NO_SYSCALL: i32 = -2;

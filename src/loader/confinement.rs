@@ -55,8 +55,18 @@ impl KernelLoader {
             .map_err(|e| LoaderError::io(format!("bpf_map_lookup_elem TASK_MARK tid {tid}"), e))
     }
 
-    /// Checks the registry entry of `pid` against the process itself.
+    /// Checks the registry entry of `pid` against the process itself. A
+    /// process found confined is remembered by its pidfd: it stays
+    /// confined until that pidfd says it exited (marks are only removed by
+    /// `release`, which forgets it).
     fn check_entry(&mut self, pid: u32) -> Result<Entry, LoaderError> {
+        if let Some(pidfd) = self.checked.get(&pid) {
+            if !exited(pidfd) {
+                return Ok(Entry::Confined);
+            }
+            self.checked.remove(&pid);
+            return Ok(Entry::Stale);
+        }
         let pidfd = match sys::pidfd_open(pid, false) {
             Ok(pidfd) => pidfd,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(Entry::Stale),
@@ -68,11 +78,12 @@ impl KernelLoader {
                 .map_err(|e| {
                     LoaderError::io(format!("bpf_map_lookup_elem TASK_MARK pid {pid}"), e)
                 })?;
-        Ok(if marked && !exited(&pidfd) {
-            Entry::Confined
+        if marked && !exited(&pidfd) {
+            self.checked.insert(pid, pidfd);
+            Ok(Entry::Confined)
         } else {
-            Entry::Stale
-        })
+            Ok(Entry::Stale)
+        }
     }
 
     /// The confined processes, each checked (see the module doc); stale
@@ -94,6 +105,7 @@ impl KernelLoader {
     }
 
     fn forget_process(&mut self, pid: u32) -> Result<(), LoaderError> {
+        self.checked.remove(&pid);
         self.map_ops += 1;
         match self.maps.confined.remove(&pid) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
@@ -165,6 +177,7 @@ impl KernelLoader {
                 reason: "is not a confined process".into(),
             });
         }
+        self.checked.remove(&pid);
         process::with_stopped(pid, |threads| self.mark_threads(pid, threads, false))?;
         self.forget_process(pid)?;
         self.sync_hooks()?;

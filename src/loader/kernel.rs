@@ -7,6 +7,7 @@
 //! `confinement` (marks and the registry), `maps` and `rule_keys` (the map
 //! layouts).
 
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
@@ -16,7 +17,7 @@ use aya::maps::{MapData, RingBuf};
 
 use super::abi;
 use super::hooks::{HOOKS, HeldLink, OBJECTS, load_object, load_program};
-use super::maps::{MAPS, Maps, map_err, take_maps};
+use super::maps::{MAPS, Maps, map_err, read_counters, take_maps};
 use super::pins::{PinLayout, ensure_bpffs, lock_pin_dir};
 use super::{Applied, ApplyReport, Loader, LoaderError, ProbeCounters, io_uring_ops, sys};
 use crate::delta::Delta;
@@ -24,7 +25,7 @@ use crate::guard::{self, ConfinedSet};
 use crate::ruleset::{Arch, RuleSet};
 
 pub use super::hooks::{HookState, cgroup2_root};
-pub use super::maps::{EventDropCounter, event_drop_counter, read_applied};
+pub use super::maps::{PinnedCounters, pinned_counters, read_applied};
 pub use super::pins::{DEFAULT_PIN_DIR, unload};
 
 /// The aya loader. See the module doc for the protocol it follows.
@@ -40,6 +41,8 @@ pub struct KernelLoader {
     pub(super) map_fds: Vec<(&'static str, OwnedFd)>,
     /// The hooks attached through this loader (see `hooks`).
     pub(super) links: Vec<HeldLink>,
+    /// Registry entries found confined, by pidfd (see `confinement`).
+    pub(super) checked: BTreeMap<u32, OwnedFd>,
     /// What the active slot holds; re-read from the maps at open.
     pub(super) mirror: Applied,
     pub(super) active_slot: u32,
@@ -100,6 +103,7 @@ impl KernelLoader {
             maps,
             map_fds,
             links: Vec::new(),
+            checked: BTreeMap::new(),
             mirror: Applied {
                 generation: 0,
                 rules: RuleSet::unrestricted(),
@@ -123,20 +127,8 @@ impl KernelLoader {
 
     /// The probes' counters.
     pub fn counters(&mut self) -> Result<ProbeCounters, LoaderError> {
-        let mut read = |index: u32| {
-            self.map_ops += 1;
-            self.maps
-                .counters
-                .get(&index, 0)
-                .map_err(map_err("COUNTERS", index.to_string()))
-        };
-        Ok(ProbeCounters {
-            event_drops: read(abi::COUNTER_EVENT_DROPS)?,
-            registry_full: read(abi::COUNTER_REGISTRY_FULL)?,
-            mark_failed: read(abi::COUNTER_MARK_FAILED)?,
-            untraced: read(abi::COUNTER_UNTRACED)?,
-            unguarded_exit: read(abi::COUNTER_UNGUARDED_EXIT)?,
-        })
+        self.map_ops += abi::COUNTERS as u64;
+        read_counters(&self.maps.counters)
     }
 
     /// Tells the io_uring guard what each request stands for. Rewritten at

@@ -16,7 +16,7 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use super::abi::{self, Confined, Egress4Data, Egress6Data, Generation, PathData, RuleValue};
 use super::pins::PinLayout;
 use super::rule_keys::{access_mask, egress_rule, exact_path};
-use super::{Applied, LoaderError};
+use super::{Applied, LoaderError, ProbeCounters};
 use crate::ruleset::{
     Access, Arch, EgressMode, Mode, PathRuleKey, Restriction, RuleSet, SyscallRule, SyscallSet,
     Verdict,
@@ -171,24 +171,44 @@ pub fn read_applied(pin_dir: &Path) -> Result<Applied, LoaderError> {
     Ok(maps.read_back(&mut 0)?.0)
 }
 
-/// A read-only handle on the probes' event-drop counter, for a thread that
-/// does not own the loader (the daemon's event reader).
-pub struct EventDropCounter {
+/// A read-only handle on the probes' counters, for a thread or process
+/// that does not own the loader (the daemon's event reader, tests).
+pub struct PinnedCounters {
     counters: Array<MapData, u64>,
 }
 
-impl EventDropCounter {
-    pub fn read(&self) -> Option<u64> {
+impl PinnedCounters {
+    pub fn event_drops(&self) -> Option<u64> {
         self.counters.get(&abi::COUNTER_EVENT_DROPS, 0).ok()
+    }
+
+    pub fn read(&self) -> Result<ProbeCounters, LoaderError> {
+        read_counters(&self.counters)
     }
 }
 
 /// Opens the pinned COUNTERS map of `pin_dir`, if it is there.
-pub fn event_drop_counter(pin_dir: &Path) -> Option<EventDropCounter> {
+pub fn pinned_counters(pin_dir: &Path) -> Option<PinnedCounters> {
     let path = PinLayout::new(pin_dir).maps().join("COUNTERS");
     let data = MapData::from_pin(&path).ok()?;
     let counters = Array::try_from(Map::Array(data)).ok()?;
-    Some(EventDropCounter { counters })
+    Some(PinnedCounters { counters })
+}
+
+/// Every counter the probes keep.
+pub(super) fn read_counters(counters: &Array<MapData, u64>) -> Result<ProbeCounters, LoaderError> {
+    let read = |index: u32| {
+        counters
+            .get(&index, 0)
+            .map_err(map_err("COUNTERS", index.to_string()))
+    };
+    Ok(ProbeCounters {
+        event_drops: read(abi::COUNTER_EVENT_DROPS)?,
+        registry_full: read(abi::COUNTER_REGISTRY_FULL)?,
+        mark_failed: read(abi::COUNTER_MARK_FAILED)?,
+        untraced: read(abi::COUNTER_UNTRACED)?,
+        unguarded_exit: read(abi::COUNTER_UNGUARDED_EXIT)?,
+    })
 }
 
 pub(super) fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, LoaderError> {

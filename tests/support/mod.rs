@@ -139,11 +139,7 @@ pub fn rules_from_yaml(yaml: &str) -> RuleSet {
 
 /// The shipped default policy, lowered.
 pub fn default_rules() -> RuleSet {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default.yaml"),
-    )
-    .expect("read default policy");
-    rules_from_yaml(&text)
+    rules_from_yaml(&default_policy_text())
 }
 
 /// `rules` with syscall `name` removed from the allowlist.
@@ -229,4 +225,118 @@ pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// The escape helper (`tests/helpers/escape.c`), built once per test
+/// binary into cargo's test temp dir. `None`, said loudly, when no C
+/// compiler or liburing is installed, unless `AA_REQUIRE_KERNEL=1` (CI),
+/// where that is a failure.
+pub fn escape_helper(name: &str) -> Option<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/escape.c");
+        let binary =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("escape-{}", std::process::id()));
+        let out = std::process::Command::new("cc")
+            .args(["-O2", "-Wall", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .args(["-luring", "-lpthread"])
+            .output()
+            .map_err(|e| format!("running cc: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cc failed (is liburing-dev installed?): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(binary)
+    });
+    match built {
+        Ok(path) => Some(path.clone()),
+        Err(why) if std::env::var("AA_REQUIRE_KERNEL").as_deref() == Ok("1") => {
+            panic!("kernel test {name} needs the escape helper: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED kernel test {name}: {why}");
+            None
+        }
+    }
+}
+
+/// What one `aa-policyd exec` run printed and how it ended.
+pub struct ExecOutcome {
+    /// The exit code (128 + signal when the command was killed).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The probes' failure counters after the run (all must stay 0).
+    pub faults: aa_policyd::control::wire::ProbeFaults,
+}
+
+/// Runs `argv` under `aa-policyd exec --policy` with `policy_text`, on a
+/// pin dir of its own that is unloaded afterwards.
+pub fn exec_with_policy(name: &str, policy_text: &str, argv: &[&str]) -> ExecOutcome {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, policy_text).expect("write policy");
+    let pin_dir = unique_pin_dir(name);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+        .arg("exec")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("--")
+        .args(argv)
+        .output()
+        .expect("run aa-policyd exec");
+    let counters = kernel::pinned_counters(&pin_dir)
+        .map(|pinned| pinned.read().expect("read the probes' counters"))
+        .unwrap_or_default();
+    if let Err(error) = kernel::unload(&pin_dir) {
+        eprintln!("cleanup of {} failed: {error}", pin_dir.display());
+    }
+    ExecOutcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        faults: aa_policyd::control::wire::ProbeFaults {
+            registry_full: counters.registry_full,
+            mark_failed: counters.mark_failed,
+            untraced: counters.untraced,
+            unguarded_exit: counters.unguarded_exit,
+        },
+    }
+}
+
+/// Whether `pid` is alive (not a zombie).
+pub fn process_alive_by_pid(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with(|c| c != 'Z' && c != 'X'))
+        })
+        .unwrap_or(false)
+}
+
+/// Writes a registry entry for `pid` straight into the pinned CONFINED map,
+/// as an exit the probes missed would leave it.
+pub fn insert_stale_registry_entry(pin_dir: &Path, pid: u32) {
+    let path = pin_dir
+        .join(format!("v{}", aa_policyd::loader::abi::ABI_VERSION))
+        .join("maps/CONFINED");
+    let data = MapData::from_pin(&path).expect("open the pinned registry");
+    let mut registry: aya::maps::HashMap<MapData, u32, aa_policyd::loader::abi::Confined> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("a hash map");
+    registry
+        .insert(pid, aa_policyd::loader::abi::Confined::default(), 0)
+        .expect("insert");
+}
+
+/// The shipped default policy's text.
+pub fn default_policy_text() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default.yaml"))
+        .expect("read default policy")
 }

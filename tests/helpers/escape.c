@@ -1,0 +1,268 @@
+/* Escape attempts for the kernel tests: each mode tries one way out of the
+ * confinement and prints what happened, so the test can tell an escape
+ * (the call worked and the process lived) from enforcement (the process was
+ * killed, or the call failed with EPERM).
+ *
+ * Why C: io_uring, clone3 and pidfd_getfd have no Python bindings, and the
+ * futex storm needs fork/wake timing without an interpreter in between.
+ * Built by the tests with `cc ... -luring -lpthread`.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <linux/futex.h>
+#include <linux/sched.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void wait_for_file(const char *path)
+{
+	while (access(path, F_OK) != 0)
+		usleep(1000);
+}
+
+/* Creates a short-lived thread and a short-lived child every 0.7 ms, so a
+ * `confine` of this process lands while tasks are being created. */
+static void *churn(void *unused)
+{
+	(void)unused;
+	for (;;) {
+		pthread_t t;
+		if (pthread_create(&t, NULL, (void *(*)(void *))pthread_exit, NULL) == 0)
+			pthread_detach(t);
+		pid_t child = fork();
+		if (child == 0)
+			_exit(0);
+		if (child > 0)
+			waitpid(child, NULL, 0);
+		usleep(700);
+	}
+	return NULL;
+}
+
+/* storm ROUNDS CHILDREN [GO_FILE]: each round forks CHILDREN children that
+ * block on one futex, wakes them at once, and each makes one syscall the
+ * policy denies (personality). With GO_FILE, churns tasks until that file
+ * exists (the test confines this process meanwhile), then storms. */
+static int storm(int argc, char **argv)
+{
+	int rounds = atoi(argv[2]), children = atoi(argv[3]);
+	if (argc > 4) {
+		pthread_t t;
+		pthread_create(&t, NULL, churn, NULL);
+		wait_for_file(argv[4]);
+	}
+	_Atomic int *word = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	pid_t *pids = calloc(children, sizeof(pid_t));
+	long survivors = 0, killed = 0, other = 0;
+	for (int r = 0; r < rounds; r++) {
+		atomic_store(word, 0);
+		for (int i = 0; i < children; i++) {
+			pid_t p = fork();
+			if (p == 0) {
+				while (atomic_load(word) == 0)
+					syscall(SYS_futex, word, FUTEX_WAIT, 0, 0, 0, 0);
+				syscall(SYS_personality, 0xffffffffUL);
+				_exit(0);
+			}
+			pids[i] = p;
+		}
+		usleep(2000);
+		atomic_store(word, 1);
+		syscall(SYS_futex, word, FUTEX_WAKE, 1 << 30, 0, 0, 0);
+		for (int i = 0; i < children; i++) {
+			int status;
+			if (pids[i] <= 0 || waitpid(pids[i], &status, 0) < 0)
+				other++;
+			else if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+				survivors++;
+			else if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+				killed++;
+			else
+				other++;
+		}
+	}
+	printf("survivors %ld killed %ld other %ld\n", survivors, killed, other);
+	fflush(stdout);
+	_exit(0);
+}
+
+static struct io_uring ring;
+static int ring_sqpoll;
+
+static void ring_setup(int sqpoll)
+{
+	struct io_uring_params params;
+	memset(&params, 0, sizeof(params));
+	if (sqpoll) {
+		params.flags = IORING_SETUP_SQPOLL;
+		params.sq_thread_idle = 60000;
+	}
+	ring_sqpoll = sqpoll;
+	int rc = io_uring_queue_init_params(8, &ring, &params);
+	if (rc) {
+		printf("io_uring_setup %s\n", strerror(-rc));
+		exit(2);
+	}
+}
+
+/* Submits and waits for one completion. With SQPOLL no syscall is made at
+ * all: the SQ thread (awake for 60 s) picks the request up, and the
+ * completion is polled from the shared ring. */
+static int ring_run(void)
+{
+	struct io_uring_cqe *cqe = NULL;
+	io_uring_submit(&ring);
+	if (ring_sqpoll) {
+		for (int i = 0; i < 5000000 && io_uring_peek_cqe(&ring, &cqe) != 0; i++)
+			;
+		if (!cqe)
+			return -ETIMEDOUT;
+	} else if (io_uring_wait_cqe(&ring, &cqe)) {
+		return -EIO;
+	}
+	int res = cqe->res;
+	io_uring_cqe_seen(&ring, cqe);
+	return res;
+}
+
+/* uring-unlink sqpoll|plain PATH READY GO: sets up a ring, says READY, and
+ * once GO exists asks the ring to unlink PATH. */
+static int uring_unlink(char **argv)
+{
+	ring_setup(!strcmp(argv[2], "sqpoll"));
+	close(open(argv[4], O_CREAT | O_WRONLY, 0644));
+	wait_for_file(argv[5]);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+	io_uring_prep_unlinkat(sqe, AT_FDCWD, argv[3], 0);
+	printf("unlinkat %d\n", ring_run());
+	return 0;
+}
+
+/* uring-connect sqpoll|async ADDRESS PORT: connects a TCP socket through the
+ * ring (by the SQPOLL thread, or by an io-wq worker with IOSQE_ASYNC). */
+static int uring_connect(char **argv)
+{
+	int sqpoll = !strcmp(argv[2], "sqpoll");
+	ring_setup(sqpoll);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[4])) };
+	inet_pton(AF_INET, argv[3], &to.sin_addr);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&to, sizeof(to));
+	if (!sqpoll)
+		sqe->flags |= IOSQE_ASYNC;
+	int res = ring_run();
+	printf("connect %s\n", res == 0 ? "OK" : strerror(-res));
+	return 0;
+}
+
+/* uring-exit: an SQPOLL ring with a busy worker, then exit_group, so that
+ * an io thread is often the last thread of the process to exit. */
+static int uring_exit(void)
+{
+	ring_setup(1);
+	int pipes[2];
+	pipe(pipes);
+	char buffer[8];
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+	io_uring_prep_read(sqe, pipes[0], buffer, sizeof(buffer), 0);
+	sqe->flags |= IOSQE_ASYNC;
+	io_uring_submit(&ring);
+	usleep(20000);
+	printf("exiting\n");
+	fflush(stdout);
+	_exit(0);
+}
+
+/* clone3-ns: a child in new user and PID namespaces. */
+static int clone3_ns(void)
+{
+	struct clone_args args;
+	memset(&args, 0, sizeof(args));
+	args.flags = CLONE_NEWUSER | CLONE_NEWPID;
+	args.exit_signal = SIGCHLD;
+	long child = syscall(SYS_clone3, &args, sizeof(args));
+	if (child == 0)
+		_exit(0);
+	if (child < 0) {
+		printf("clone3 %s\n", strerror(errno));
+		return 0;
+	}
+	int status;
+	waitpid(child, &status, 0);
+	printf("clone3 child %ld status %d\n", child, status);
+	return 0;
+}
+
+/* procmem PID ADDRESS: overwrites one byte of PID's memory at ADDRESS. */
+static int procmem(char **argv)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%s/mem", argv[2]);
+	int fd = open(path, O_RDWR);
+	if (fd < 0) {
+		printf("open %s\n", strerror(errno));
+		return 0;
+	}
+	char byte = 'X';
+	ssize_t n = pwrite(fd, &byte, 1, strtoull(argv[3], 0, 0));
+	printf("pwrite %zd\n", n);
+	return 0;
+}
+
+/* pidfd-getfd PID FD: takes PID's descriptor FD. */
+static int pidfd_getfd(char **argv)
+{
+	int pidfd = syscall(SYS_pidfd_open, atoi(argv[2]), 0);
+	int fd = syscall(SYS_pidfd_getfd, pidfd, atoi(argv[3]), 0);
+	printf("pidfd_getfd %s\n", fd >= 0 ? "OK" : strerror(errno));
+	return 0;
+}
+
+/* packet-socket: an AF_PACKET socket (sends frames past every IP hook). */
+static int packet_socket(void)
+{
+	int fd = socket(AF_PACKET, SOCK_RAW, 0);
+	printf("packet socket %s\n", fd >= 0 ? "OK" : strerror(errno));
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IONBF, 0);
+	if (argc < 2)
+		return 2;
+	const char *mode = argv[1];
+	if (!strcmp(mode, "storm") && argc >= 4)
+		return storm(argc, argv);
+	if (!strcmp(mode, "uring-unlink") && argc == 6)
+		return uring_unlink(argv);
+	if (!strcmp(mode, "uring-connect") && argc == 5)
+		return uring_connect(argv);
+	if (!strcmp(mode, "uring-exit"))
+		return uring_exit();
+	if (!strcmp(mode, "clone3-ns"))
+		return clone3_ns();
+	if (!strcmp(mode, "procmem") && argc == 4)
+		return procmem(argv);
+	if (!strcmp(mode, "pidfd-getfd") && argc == 4)
+		return pidfd_getfd(argv);
+	if (!strcmp(mode, "packet-socket"))
+		return packet_socket();
+	fprintf(stderr, "unknown mode or arguments\n");
+	return 2;
+}
