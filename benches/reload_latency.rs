@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use aa_policyd::control::client::Client;
 use aa_policyd::control::wire::{Request, Response, StatusReport};
-use aa_policyd::loader::abi::{self, Generation};
+use aa_policyd::loader::abi::Generation;
 use aa_policyd::loader::kernel;
 use aya::maps::{Array, Map, MapData};
 
@@ -176,9 +176,9 @@ struct ActiveGeneration {
 
 impl ActiveGeneration {
     fn open(pin_dir: &Path) -> ActiveGeneration {
-        let maps = pin_dir.join(format!("v{}", abi::ABI_VERSION)).join("maps");
+        let pins = aa_policyd::loader::kernel::PinLayout::new(pin_dir);
         let open = |name: &str| {
-            let path = maps.join(name);
+            let path = pins.map(name);
             let data = MapData::from_pin(&path)
                 .unwrap_or_else(|e| panic!("opening pinned map {}: {e}", path.display()));
             Map::Array(data)

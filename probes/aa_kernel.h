@@ -105,6 +105,19 @@ struct io_kiocb {
 	__u8 opcode;
 } AA_CORE;
 
+struct filename {
+	const char *name;
+} AA_CORE;
+
+struct io_unlink {
+	struct filename *filename;
+} AA_CORE;
+
+struct io_rename {
+	struct filename *oldpath;
+	struct filename *newpath;
+} AA_CORE;
+
 struct io_socket {
 	struct file *file;
 	int domain;

@@ -48,6 +48,7 @@
 #define AA_REASON_IO_URING_OP 6  /* an io_uring request; detail: the opcode */
 #define AA_REASON_UNTRACED 7     /* a confined task created without syscall tracing */
 #define AA_REASON_DOOMED 8       /* a task whose creation was denied (see AA_MARK_DOOMED) */
+#define AA_REASON_PIN 9          /* unlink or rename of one of the loader's pins */
 
 /* aa_event.reason for AA_EVENT_NET. */
 #define AA_NET_RAW_SOCKET 1     /* detail: type << 16 | protocol */
@@ -67,6 +68,8 @@
 #define AA_SYSCALL_WORK_TRACEPOINT (1UL << 1)
 
 #define AA_NR_OPEN 2
+#define AA_NR_RENAME 82
+#define AA_NR_UNLINK 87
 #define AA_NR_SOCKET 41
 #define AA_NR_SOCKETPAIR 53
 #define AA_NR_EXIT 60
@@ -74,9 +77,12 @@
 #define AA_NR_PTRACE 101
 #define AA_NR_EXIT_GROUP 231
 #define AA_NR_OPENAT 257
+#define AA_NR_UNLINKAT 263
+#define AA_NR_RENAMEAT 264
 #define AA_NR_UNSHARE 272
 #define AA_NR_OPEN_BY_HANDLE_AT 304
 #define AA_NR_PROCESS_VM_READV 310
+#define AA_NR_RENAMEAT2 316
 #define AA_NR_PROCESS_VM_WRITEV 311
 #define AA_NR_BPF 321
 #define AA_NR_IO_URING_ENTER 426
@@ -91,6 +97,11 @@
  * CLONE_NEWTIME (clone3 only). */
 #define AA_CLONE_NAMESPACES (0x00020000ULL | 0x02000000ULL | 0x04000000ULL | 0x08000000ULL | \
 			     0x10000000ULL | 0x20000000ULL | 0x40000000ULL | 0x00000080ULL)
+
+/* Every pin's file name starts with this (abi::PIN_PREFIX). */
+#define AA_PIN_PREFIX "aa-policyd-"
+#define AA_PIN_PREFIX_LEN 11
+#define AA_PATH_BUFFER 4096
 
 #define AA_PROC_SUPER_MAGIC 0x9fa0
 #define AA_PIDFS_MAGIC 0x50494446
@@ -266,6 +277,15 @@ struct {
 	__type(value, __u32);
 } SOCKET_MARK SEC(".maps");
 
+/* PATH_SCRATCH[cpu]: room for one path read from memory (the BPF stack
+ * has 512 bytes). Private to each object: not pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[AA_PATH_BUFFER]);
+} PATH_SCRATCH SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
@@ -392,6 +412,49 @@ static __always_inline struct file *aa_fd_file(struct task_struct *task, long fd
 	struct file *file = 0;
 	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
 	return file;
+}
+
+/* Whether the last component of the path at `path` (user memory, or
+ * kernel memory when `kernel`) names one of the loader's pins. Unlink and
+ * rename act on the last component literally (they do not follow it), and
+ * no other file is named like a pin, so this tells an attempt on the pins
+ * without resolving the path. A global function, so the verifier checks it
+ * once rather than at every call. */
+#define AA_PIN_NAME_MAX 64 /* no pin's name is longer */
+#define AA_TRAILING_SLASHES_MAX 64
+
+__attribute__((noinline)) int aa_names_pin(__u64 path, int kernel)
+{
+	__u32 zero = 0;
+	char *buffer = bpf_map_lookup_elem(&PATH_SCRATCH, &zero);
+	if (!buffer || !path)
+		return 0;
+	long length = kernel ? bpf_probe_read_kernel_str(buffer, AA_PATH_BUFFER, (const void *)path)
+			     : bpf_probe_read_user_str(buffer, AA_PATH_BUFFER, (const void *)path);
+	if (length <= 1)
+		return 0;
+	long end = length - 1; /* the NUL */
+	int i;
+	for (i = 0; i < AA_TRAILING_SLASHES_MAX && end > 0; i++) {
+		if (buffer[(end - 1) & (AA_PATH_BUFFER - 1)] != '/')
+			break;
+		end--;
+	}
+	if (i == AA_TRAILING_SLASHES_MAX)
+		return 1; /* absurd input: refuse rather than guess */
+	long start = end;
+	for (i = 0; i <= AA_PIN_NAME_MAX && start > 0; i++) {
+		if (buffer[(start - 1) & (AA_PATH_BUFFER - 1)] == '/')
+			break;
+		start--;
+	}
+	if (end - start > AA_PIN_NAME_MAX || end - start < AA_PIN_PREFIX_LEN)
+		return 0;
+	const char prefix[] = AA_PIN_PREFIX;
+	for (i = 0; i < AA_PIN_PREFIX_LEN; i++)
+		if (buffer[(start + i) & (AA_PATH_BUFFER - 1)] != prefix[i])
+			return 0;
+	return 1;
 }
 
 #endif

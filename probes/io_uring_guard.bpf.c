@@ -39,8 +39,23 @@ int io_uring_guard(unsigned long long *ctx)
 		int family = BPF_CORE_READ(socket, domain);
 		allowed = aa_socket_family_allowed(family);
 	}
-	if (!allowed)
+	if (!allowed) {
 		aa_deny(gen->mode, nr, 0, AA_REASON_IO_URING_OP, opcode);
+		return 0;
+	}
+	/* Unlink and rename of the loader's pins, by the kernel's own copy of
+	 * the names (taken when the request was prepared). */
+	int pins = 0;
+	if (opcode == 36 /* IORING_OP_UNLINKAT */) {
+		struct io_unlink *unlink = (struct io_unlink *)&req->cmd;
+		pins = aa_names_pin((__u64)BPF_CORE_READ(unlink, filename, name), 1);
+	} else if (opcode == 35 /* IORING_OP_RENAMEAT */) {
+		struct io_rename *rename = (struct io_rename *)&req->cmd;
+		pins = aa_names_pin((__u64)BPF_CORE_READ(rename, oldpath, name), 1) ||
+		       aa_names_pin((__u64)BPF_CORE_READ(rename, newpath, name), 1);
+	}
+	if (pins)
+		aa_deny(gen->mode, nr, 0, AA_REASON_PIN, opcode);
 	return 0;
 }
 

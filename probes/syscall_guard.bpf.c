@@ -21,6 +21,10 @@
  * - under an egress allowlist, `socket`/`socketpair` only for unix, inet,
  *   inet6 and netlink (a packet or vsock socket reaches destinations the
  *   allowlist never sees);
+ * - unlink and rename of the loader's pins (by the last path component,
+ *   which is read from user memory: a racing thread can change it after
+ *   the check, so this catches the attempt, while the loader's own
+ *   references keep the hooks attached and the daemon puts a pin back);
  * - ptrace-class access (`ptrace` attach, `process_vm_readv/writev`,
  *   `pidfd_getfd`, `process_madvise`) only to processes that are confined
  *   too. Targets are judged by the registry of confined processes, by their
@@ -44,6 +48,23 @@ static __always_inline long ptrace_target(struct task_struct *task, struct pt_re
 	if (task->thread_pid->level != 0)
 		return -1;
 	return nr == AA_NR_PTRACE ? (long)regs->si : (long)regs->di;
+}
+
+/* Whether an unlink or rename names one of the loader's pins. */
+static __always_inline int touches_pins(long nr, struct pt_regs *regs)
+{
+	switch (nr) {
+	case AA_NR_UNLINK:
+		return aa_names_pin(regs->di, 0);
+	case AA_NR_UNLINKAT:
+		return aa_names_pin(regs->si, 0);
+	case AA_NR_RENAME:
+		return aa_names_pin(regs->di, 0) || aa_names_pin(regs->si, 0);
+	case AA_NR_RENAMEAT:
+	case AA_NR_RENAMEAT2:
+		return aa_names_pin(regs->si, 0) || aa_names_pin(regs->r10, 0);
+	}
+	return 0;
 }
 
 static __always_inline int is_ptrace_class(long nr, struct pt_regs *regs)
@@ -91,6 +112,10 @@ static __attribute__((noinline)) int guard_slow(struct pt_regs *regs, long id, _
 	if ((id == AA_NR_SOCKET || id == AA_NR_SOCKETPAIR) && gen->egress_restricted &&
 	    !aa_socket_family_allowed(regs->di)) {
 		aa_deny(mode, id, 0, AA_REASON_SOCKET_FAMILY, (__u32)regs->di);
+		return 0;
+	}
+	if (touches_pins(id, regs)) {
+		aa_deny(mode, id, 0, AA_REASON_PIN, 0);
 		return 0;
 	}
 	if (is_ptrace_class(id, regs)) {

@@ -32,6 +32,8 @@ pub enum DenyReason {
     Untraced { tid: u32 },
     /// A task whose creation was denied, at its first syscall.
     Doomed,
+    /// An unlink or rename of one of the loader's pins.
+    Pin,
 }
 
 /// A socket, option or packet the egress allowlist cannot judge.
@@ -188,6 +190,7 @@ impl DenyReason {
             abi::REASON_IO_URING_OP => DenyReason::IoUring { opcode: detail },
             abi::REASON_UNTRACED => DenyReason::Untraced { tid: detail },
             abi::REASON_DOOMED => DenyReason::Doomed,
+            abi::REASON_PIN => DenyReason::Pin,
             _ => return None,
         })
     }
@@ -236,6 +239,10 @@ impl fmt::Display for DenyReason {
                 "task {tid} was created without syscall tracing, so it could not be confined"
             ),
             DenyReason::Doomed => write!(f, "its creation was denied"),
+            DenyReason::Pin => write!(
+                f,
+                "it names one of the pins that keep the confinement attached"
+            ),
         }
     }
 }
@@ -524,6 +531,7 @@ mod tests {
             ),
             (abi::REASON_PROC_MEM, 42, "opened the memory of process 42"),
             (abi::REASON_IO_URING_OP, 36, "io_uring request UNLINKAT"),
+            (abi::REASON_PIN, 0, "names one of the pins"),
         ];
         for (reason, detail, words) in cases {
             let event =

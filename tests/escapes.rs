@@ -478,21 +478,35 @@ fn removing_the_pins_detaches_nothing_and_the_daemon_puts_them_back() {
     }
     let before = daemon.status();
     assert_eq!(before.hooks.len(), 13, "every hook attached: {before:#?}");
-    let links = daemon.pin_dir.join("v3/links");
-    // A confined root process removes the guard's and egress's pins.
+    let pins = aa_policyd::loader::kernel::PinLayout::new(&daemon.pin_dir);
+    // A confined root process removes the guard's and egress's pins: it
+    // is killed at its first unlink (which, a tripwire, may have run).
     let rm = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
         .args(["exec", "--socket"])
         .arg(&daemon.socket)
         .args(["--", "rm"])
-        .arg(links.join("syscall_guard"))
-        .arg(links.join("egress_connect4"))
+        .arg(pins.link("syscall_guard"))
+        .arg(pins.link("egress_connect4"))
         .output()
         .expect("run rm confined");
-    assert!(
-        rm.status.success(),
+    assert_eq!(
+        rm.status.code(),
+        Some(KILLED),
         "{}",
         String::from_utf8_lossy(&rm.stderr)
     );
+    assert!(
+        pins.link("egress_connect4").exists(),
+        "rm never got to the second pin"
+    );
+    assert!(
+        daemon.log().contains("names one of the pins"),
+        "{}",
+        daemon.log()
+    );
+    // Removed from outside the confinement (root, unconfined), nothing is
+    // detached either, and the pin comes back.
+    std::fs::remove_file(pins.link("egress_connect4")).expect("remove a pin");
 
     // Enforcement never stopped: a denied syscall kills, a denied connect
     // is refused.
@@ -528,7 +542,7 @@ fn removing_the_pins_detaches_nothing_and_the_daemon_puts_them_back() {
         ids(&before),
         "the same links, none attached again"
     );
-    assert!(links.join("syscall_guard").exists());
+    assert!(pins.link("syscall_guard").exists());
     assert!(daemon.log().contains("were put back"), "{}", daemon.log());
     drop(keeper);
 }

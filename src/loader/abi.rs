@@ -11,6 +11,10 @@ use crate::ruleset::SYSCALL_BITMAP_BITS;
 /// Part of every pin path: a new layout never reuses an old pin.
 pub const ABI_VERSION: u32 = 3;
 
+/// How every pin's file name starts (`AA_PIN_PREFIX` in the probes). Not
+/// a dot: bpffs refuses names with one.
+pub const PIN_PREFIX: &str = "aa-policyd-";
+
 pub const MODE_ENFORCE: u32 = 0;
 pub const MODE_AUDIT: u32 = 1;
 
@@ -29,6 +33,7 @@ pub const REASON_PROC_MEM: u32 = 5;
 pub const REASON_IO_URING_OP: u32 = 6;
 pub const REASON_UNTRACED: u32 = 7;
 pub const REASON_DOOMED: u32 = 8;
+pub const REASON_PIN: u32 = 9;
 
 pub const NET_RAW_SOCKET: u32 = 1;
 pub const NET_PING_SOCKET: u32 = 2;

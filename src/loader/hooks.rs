@@ -232,7 +232,7 @@ impl KernelLoader {
         held.extend(self.map_fds.iter().map(|(name, fd)| Pinned {
             what: name,
             fd,
-            pin: self.pins.maps().join(name),
+            pin: self.pins.map(name),
         }));
         let mut repaired = Vec::new();
         for object in held {
@@ -327,11 +327,10 @@ pub(super) fn load_object(
     pins: &PinLayout,
     btf: &Btf,
 ) -> Result<Ebpf, LoaderError> {
-    let maps_dir = pins.maps();
     let mut loader = EbpfLoader::new();
     loader.btf(Some(btf)).allow_unsupported_maps();
     for map in MAPS {
-        loader.map_pin_path(map, maps_dir.join(map));
+        loader.map_pin_path(map, pins.map(map));
     }
     loader.load(bytes).map_err(|source| match &source {
         aya::EbpfError::MapError(MapError::CreateError { io_error, .. })

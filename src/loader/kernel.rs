@@ -18,7 +18,7 @@ use aya::maps::{MapData, RingBuf};
 use super::abi;
 use super::hooks::{HOOKS, HeldLink, OBJECTS, load_object, load_program};
 use super::maps::{MAPS, Maps, map_err, read_counters, take_maps};
-use super::pins::{PinLayout, ensure_bpffs, lock_pin_dir};
+use super::pins::{ensure_bpffs, lock_pin_dir};
 use super::{Applied, ApplyReport, Loader, LoaderError, ProbeCounters, io_uring_ops, sys};
 use crate::delta::Delta;
 use crate::guard::{self, ConfinedSet};
@@ -26,7 +26,7 @@ use crate::ruleset::{Arch, RuleSet};
 
 pub use super::hooks::{HookState, cgroup2_root};
 pub use super::maps::{PinnedCounters, pinned_counters, read_applied};
-pub use super::pins::{DEFAULT_PIN_DIR, unload};
+pub use super::pins::{DEFAULT_PIN_DIR, PinLayout, unload};
 
 /// The aya loader. See the module doc for the protocol it follows.
 pub struct KernelLoader {
@@ -91,7 +91,7 @@ impl KernelLoader {
         let maps = take_maps(&mut objects[0])?;
         let mut map_fds = Vec::with_capacity(MAPS.len());
         for name in MAPS {
-            let pin = pins.maps().join(name);
+            let pin = pins.map(name);
             let fd = sys::obj_get(&pin)
                 .map_err(|e| LoaderError::io(format!("opening pinned map {}", pin.display()), e))?;
             map_fds.push((name, fd));

@@ -163,9 +163,9 @@ pub(super) fn map_err(
 /// without loading anything or taking the lock: for observers (tests,
 /// tooling) while a daemon owns the pin dir.
 pub fn read_applied(pin_dir: &Path) -> Result<Applied, LoaderError> {
-    let maps_dir = PinLayout::new(pin_dir).maps();
+    let pins = PinLayout::new(pin_dir);
     let maps = build_maps(|name| {
-        let data = MapData::from_pin(maps_dir.join(name)).map_err(map_err(name, ""))?;
+        let data = MapData::from_pin(pins.map(name)).map_err(map_err(name, ""))?;
         Map::from_map_data(data).map_err(map_err(name, ""))
     })?;
     Ok(maps.read_back(&mut 0)?.0)
@@ -189,7 +189,7 @@ impl PinnedCounters {
 
 /// Opens the pinned COUNTERS map of `pin_dir`, if it is there.
 pub fn pinned_counters(pin_dir: &Path) -> Option<PinnedCounters> {
-    let path = PinLayout::new(pin_dir).maps().join("COUNTERS");
+    let path = PinLayout::new(pin_dir).map("COUNTERS");
     let data = MapData::from_pin(&path).ok()?;
     let counters = Array::try_from(Map::Array(data)).ok()?;
     Some(PinnedCounters { counters })

@@ -14,7 +14,9 @@ use super::{LoaderError, abi, sys};
 /// Where pins live unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/agent-assembly";
 
-/// The pin layout of one pin dir: `<root>/v<ABI>/{maps,links}`.
+/// The pin layout of one pin dir: `<root>/v<ABI>/{maps,links}/aa-policyd-NAME`.
+/// Every pin's name starts with `abi::PIN_PREFIX`, so the syscall guard can
+/// tell an unlink or rename of a pin by its last path component.
 #[derive(Clone, Debug)]
 pub struct PinLayout {
     pub(super) root: PathBuf,
@@ -39,8 +41,14 @@ impl PinLayout {
         self.versioned().join("links")
     }
 
-    pub(super) fn link(&self, program: &str) -> PathBuf {
-        self.links().join(program)
+    /// The pin of the link of `program`.
+    pub fn link(&self, program: &str) -> PathBuf {
+        self.links().join(format!("{}{program}", abi::PIN_PREFIX))
+    }
+
+    /// The pin of map `name`.
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(format!("{}{name}", abi::PIN_PREFIX))
     }
 }
 

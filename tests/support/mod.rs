@@ -324,9 +324,7 @@ pub fn process_alive_by_pid(pid: u32) -> bool {
 /// Writes a registry entry for `pid` straight into the pinned CONFINED map,
 /// as an exit the probes missed would leave it.
 pub fn insert_stale_registry_entry(pin_dir: &Path, pid: u32) {
-    let path = pin_dir
-        .join(format!("v{}", aa_policyd::loader::abi::ABI_VERSION))
-        .join("maps/CONFINED");
+    let path = kernel::PinLayout::new(pin_dir).map("CONFINED");
     let data = MapData::from_pin(&path).expect("open the pinned registry");
     let mut registry: aya::maps::HashMap<MapData, u32, aa_policyd::loader::abi::Confined> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("a hash map");
