@@ -26,11 +26,21 @@ struct pt_regs {
 	unsigned long orig_ax;
 } AA_CORE;
 
-struct upid {
-	int nr;
+struct ns_common {
+	unsigned int inum;
 } AA_CORE;
 
-/* numbers[0] is the number in the initial PID namespace. */
+struct pid_namespace {
+	struct ns_common ns;
+} AA_CORE;
+
+struct upid {
+	int nr;
+	struct pid_namespace *ns;
+} AA_CORE;
+
+/* numbers[i] is the number in the namespace at nesting level i (0: the
+ * initial one), up to `level`. */
 struct pid {
 	unsigned int level;
 	struct upid numbers[1];
@@ -74,8 +84,17 @@ struct files_struct {
 
 struct task_struct;
 
+/* pids[2] is PIDTYPE_PGID: the process group. */
+struct signal_struct {
+	struct pid *pids[4];
+} AA_CORE;
+
 struct mm_struct {
 	struct task_struct *owner; /* CONFIG_MEMCG: the thread-group leader using it */
+} AA_CORE;
+
+struct hlist_node {
+	struct hlist_node *next;
 } AA_CORE;
 
 struct task_struct {
@@ -87,6 +106,9 @@ struct task_struct {
 	struct mm_struct *mm;
 	struct files_struct *files;
 	struct pid *thread_pid;
+	struct task_struct *real_parent;
+	struct task_struct *group_leader;
+	struct signal_struct *signal;
 	void *bpf_storage; /* NULL until some task-storage map has an entry */
 } AA_CORE;
 
@@ -105,6 +127,10 @@ struct io_kiocb {
 	__u8 opcode;
 } AA_CORE;
 
+struct io_uring_cqe {
+	__s32 res;
+} AA_CORE;
+
 struct filename {
 	const char *name;
 } AA_CORE;
@@ -116,6 +142,11 @@ struct io_unlink {
 struct io_rename {
 	struct filename *oldpath;
 	struct filename *newpath;
+} AA_CORE;
+
+struct io_open {
+	int dfd;
+	__u32 file_slot; /* non-zero: a direct descriptor, not an fd */
 } AA_CORE;
 
 struct io_socket {

@@ -49,6 +49,9 @@
 #define AA_REASON_UNTRACED 7     /* a confined task created without syscall tracing */
 #define AA_REASON_DOOMED 8       /* a task whose creation was denied (see AA_MARK_DOOMED) */
 #define AA_REASON_PIN 9          /* unlink or rename of one of the loader's pins */
+#define AA_REASON_SHARING 10     /* a new process sharing the creator's fds or memory; detail: clone flags */
+#define AA_REASON_LOADER 11      /* a signal to the loader process; detail: the target */
+#define AA_REASON_IO_URING_DIRECT 12 /* an io_uring open into a direct descriptor; detail: the opcode */
 
 /* aa_event.reason for AA_EVENT_NET. */
 #define AA_NET_RAW_SOCKET 1     /* detail: type << 16 | protocol */
@@ -68,23 +71,31 @@
 #define AA_SYSCALL_WORK_TRACEPOINT (1UL << 1)
 
 #define AA_NR_OPEN 2
+#define AA_NR_KILL 62
 #define AA_NR_RENAME 82
 #define AA_NR_UNLINK 87
 #define AA_NR_SOCKET 41
 #define AA_NR_SOCKETPAIR 53
 #define AA_NR_EXIT 60
 #define AA_NR_CREAT 85
+#define AA_NR_RT_SIGQUEUEINFO 129
 #define AA_NR_PTRACE 101
+#define AA_NR_TKILL 200
 #define AA_NR_EXIT_GROUP 231
+#define AA_NR_TGKILL 234
 #define AA_NR_OPENAT 257
 #define AA_NR_UNLINKAT 263
 #define AA_NR_RENAMEAT 264
 #define AA_NR_UNSHARE 272
 #define AA_NR_OPEN_BY_HANDLE_AT 304
+#define AA_NR_RT_TGSIGQUEUEINFO 297
+#define AA_NR_PRLIMIT64 302
 #define AA_NR_PROCESS_VM_READV 310
 #define AA_NR_RENAMEAT2 316
+#define AA_NR_KCMP 312
 #define AA_NR_PROCESS_VM_WRITEV 311
 #define AA_NR_BPF 321
+#define AA_NR_PIDFD_SEND_SIGNAL 424
 #define AA_NR_IO_URING_ENTER 426
 #define AA_NR_OPENAT2 437
 #define AA_NR_PIDFD_GETFD 438
@@ -92,6 +103,11 @@
 
 #define AA_PTRACE_ATTACH 16
 #define AA_PTRACE_SEIZE 0x4206
+
+#define AA_CLONE_VM 0x00000100ULL
+#define AA_CLONE_FILES 0x00000400ULL
+#define AA_CLONE_VFORK 0x00004000ULL
+#define AA_CLONE_THREAD 0x00010000ULL
 
 /* CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET, and
  * CLONE_NEWTIME (clone3 only). */
@@ -119,7 +135,8 @@ struct aa_generation {
 };
 
 /* TASK_MARK value: present means "this task is confined". */
-#define AA_MARK_DOOMED 1 /* killed at its next syscall: its creation was denied */
+#define AA_MARK_DOOMED 1  /* killed at its next syscall: its creation was denied */
+#define AA_MARK_VFORKED 2 /* shares its creator's memory until it execs or exits */
 struct aa_task_mark {
 	__u32 confined;
 	__u32 flags;   /* AA_MARK_* */
@@ -258,6 +275,34 @@ struct {
 	__type(value, struct aa_rule_value);
 } PATHS SEC(".maps");
 
+/* CONFIG[0]: facts about the loader the probes need, written at open.
+ *
+ * Process numbers: the registry, LOADER_TIDS and the loader's own numbers
+ * are numbers in the loader's PID namespace (the daemon may run in a
+ * container), which is how the loader itself names processes. */
+struct aa_config {
+	__u32 pid_ns_inum; /* the loader's PID namespace (inode of /proc/self/ns/pid) */
+	__u32 loader_pgid; /* its process group */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct aa_config);
+} CONFIG SEC(".maps");
+
+/* LOADER_TIDS: the thread ids (initial PID namespace) of the process that
+ * holds the pin dir, so no confined task can signal it; the loader writes
+ * its threads at attach, task_newtask adds the threads it creates later,
+ * task_exit removes them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} LOADER_TIDS SEC(".maps");
+
 /* IO_URING_OPS[opcode]: the syscall an io_uring request stands for (filled
  * by the loader); -2: none, judged by io_uring_enter alone; -1 or missing:
  * unknown, never allowed to a confined task. */
@@ -350,19 +395,72 @@ static __always_inline int aa_syscall_allowed(struct aa_generation *gen, long nr
 	return (gen->syscall_allow[bit / 64] >> (bit % 64)) & 1;
 }
 
-/* Whether the process `tgid` (a number in the initial PID namespace) is in
- * the registry of confined processes. */
+#define AA_MAX_PID_NS_DEPTH 8
+
+/* The number of the struct pid at `pid` in the loader's PID namespace, or
+ * -1 when it has none there (or is nested deeper than the probes look). */
+static __always_inline long aa_loader_number(__u64 pid)
+{
+	__u32 zero = 0;
+	struct aa_config *config = bpf_map_lookup_elem(&CONFIG, &zero);
+	if (!config || !pid)
+		return -1;
+	unsigned int level = BPF_CORE_READ((struct pid *)pid, level);
+	__u64 numbers = pid + bpf_core_field_offset(struct pid, numbers);
+	__u64 stride = bpf_core_type_size(struct upid);
+	for (__u32 i = 0; i < AA_MAX_PID_NS_DEPTH && i <= level; i++) {
+		struct upid *upid = (struct upid *)(numbers + i * stride);
+		if (BPF_CORE_READ(upid, ns, ns.inum) == config->pid_ns_inum)
+			return BPF_CORE_READ(upid, nr);
+	}
+	return -1;
+}
+
+/* The address of a struct pid pointer's target, as a plain number (so it
+ * can be indexed). */
+static __always_inline __u64 aa_pid_address(struct pid **field)
+{
+	__u64 address = 0;
+	bpf_probe_read_kernel(&address, sizeof(address), field);
+	return address;
+}
+
+/* Whether the caller names processes by numbers of the loader's PID
+ * namespace (so they can be compared with the registry and LOADER_TIDS). */
+static __always_inline int aa_numbers_comparable(struct task_struct *task)
+{
+	__u32 zero = 0;
+	struct aa_config *config = bpf_map_lookup_elem(&CONFIG, &zero);
+	unsigned int level = task->thread_pid->level;
+	__u64 pid = aa_pid_address(&task->thread_pid);
+	if (!config || level >= AA_MAX_PID_NS_DEPTH)
+		return 0;
+	__u64 upid = pid + bpf_core_field_offset(struct pid, numbers) +
+		     level * bpf_core_type_size(struct upid);
+	return BPF_CORE_READ((struct upid *)upid, ns, ns.inum) == config->pid_ns_inum;
+}
+
+/* Whether process number `tgid` (loader's namespace) is in the registry of
+ * confined processes. */
 static __always_inline int aa_process_confined(__u32 tgid)
 {
 	return bpf_map_lookup_elem(&CONFINED, &tgid) != 0;
+}
+
+static __always_inline int aa_is_loader(__u32 tid)
+{
+	return bpf_map_lookup_elem(&LOADER_TIDS, &tid) != 0;
 }
 
 /* The socket families a task confined by an egress allowlist may create:
  * the ones whose destinations the cgroup hooks see (inet) or that stay on
  * this machine (unix, netlink). Everything else (packet, vsock, ...) could
  * reach a destination the allowlist never judges. */
-static __always_inline int aa_socket_family_allowed(__u64 family)
+static __always_inline int aa_socket_family_allowed(int family, int type)
 {
+	/* socket(AF_INET, SOCK_PACKET) is turned into a packet socket. */
+	if (family == 2 && (type & 0xf) == 10 /* SOCK_PACKET */)
+		return 0;
 	return family == 1 /* AF_UNIX */ || family == 2 /* AF_INET */ ||
 	       family == 10 /* AF_INET6 */ || family == 16 /* AF_NETLINK */;
 }
@@ -376,10 +474,13 @@ static __always_inline struct aa_event *aa_event_start(__u32 kind, __u32 mode)
 		return 0;
 	}
 	__builtin_memset(event, 0, sizeof(*event));
+	struct task_struct *task = bpf_get_current_task_btf();
+	long pid = aa_loader_number(aa_pid_address(&task->thread_pid));
+	long tgid = aa_loader_number(aa_pid_address(&task->group_leader->thread_pid));
 	__u64 id = bpf_get_current_pid_tgid();
 	event->kind = kind;
-	event->pid = (__u32)id;
-	event->tgid = id >> 32;
+	event->pid = pid > 0 ? pid : (__u32)id;
+	event->tgid = tgid > 0 ? tgid : id >> 32;
 	event->mode = mode;
 	bpf_get_current_comm(event->comm, sizeof(event->comm));
 	return event;
@@ -400,6 +501,22 @@ static __always_inline void aa_deny(__u32 mode, long nr, __u32 compat, __u32 rea
 	}
 	if (mode == AA_MODE_ENFORCE)
 		bpf_send_signal(9 /* SIGKILL */);
+}
+
+/* Reports a denial by `task` (see aa_deny). A task created by vfork shares
+ * its creator's memory until it execs: whatever a denied call wrote there
+ * outlives the task, so the creator is doomed too (killed at its next
+ * syscall). */
+static __always_inline void aa_deny_task(struct task_struct *task, struct aa_task_mark *mark,
+					 __u32 mode, long nr, __u32 compat, __u32 reason,
+					 __u32 detail)
+{
+	aa_deny(mode, nr, compat, reason, detail);
+	if (mode != AA_MODE_ENFORCE || !(mark->flags & AA_MARK_VFORKED))
+		return;
+	struct aa_task_mark *creator = bpf_task_storage_get(&TASK_MARK, task->real_parent, 0, 0);
+	if (creator)
+		creator->flags |= AA_MARK_DOOMED;
 }
 
 /* The file behind descriptor `fd` of the current task, or NULL. */

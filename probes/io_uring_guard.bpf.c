@@ -23,7 +23,9 @@ SEC("tp_btf/io_uring_submit_req")
 int io_uring_guard(unsigned long long *ctx)
 {
 	struct io_kiocb *req = (struct io_kiocb *)ctx[0];
-	if (!aa_mark_of(bpf_get_current_task_btf()))
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct aa_task_mark *mark = aa_mark_of(task);
+	if (!mark)
 		return 0;
 	struct aa_generation *gen = aa_active_generation();
 	if (!gen)
@@ -36,12 +38,21 @@ int io_uring_guard(unsigned long long *ctx)
 		      (nr == -2 || (nr >= 0 && aa_syscall_allowed(gen, nr)));
 	if (allowed && nr == AA_NR_SOCKET && gen->egress_restricted) {
 		struct io_socket *socket = (struct io_socket *)&req->cmd;
-		int family = BPF_CORE_READ(socket, domain);
-		allowed = aa_socket_family_allowed(family);
+		allowed = aa_socket_family_allowed(BPF_CORE_READ(socket, domain),
+						   BPF_CORE_READ(socket, type));
 	}
 	if (!allowed) {
-		aa_deny(gen->mode, nr, 0, AA_REASON_IO_URING_OP, opcode);
+		aa_deny_task(task, mark, gen->mode, nr, 0, AA_REASON_IO_URING_OP, opcode);
 		return 0;
+	}
+	/* An open into a direct descriptor never shows up as an fd, so the
+	 * file it opened could not be judged (file_access checks fds). */
+	if (opcode == 18 /* IORING_OP_OPENAT */ || opcode == 28 /* IORING_OP_OPENAT2 */) {
+		struct io_open *open = (struct io_open *)&req->cmd;
+		if (BPF_CORE_READ(open, file_slot)) {
+			aa_deny_task(task, mark, gen->mode, nr, 0, AA_REASON_IO_URING_DIRECT, opcode);
+			return 0;
+		}
 	}
 	/* Unlink and rename of the loader's pins, by the kernel's own copy of
 	 * the names (taken when the request was prepared). */
@@ -55,7 +66,7 @@ int io_uring_guard(unsigned long long *ctx)
 		       aa_names_pin((__u64)BPF_CORE_READ(rename, newpath, name), 1);
 	}
 	if (pins)
-		aa_deny(gen->mode, nr, 0, AA_REASON_PIN, opcode);
+		aa_deny_task(task, mark, gen->mode, nr, 0, AA_REASON_PIN, opcode);
 	return 0;
 }
 

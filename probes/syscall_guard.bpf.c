@@ -6,8 +6,7 @@
  * 6.18 (the plain `tracepoint` type costs ~20 ns more per syscall on every
  * process), and lsm/fentry programs are refused here. The kill lands when
  * the syscall returns, so the denied call itself still runs: this is a
- * tripwire, not prevention (processes started by `aa-policyd exec` also get
- * a seccomp filter that prevents).
+ * tripwire, not prevention.
  *
  * Hot path: an unconfined task whose pt_regs address is this CPU's
  * GUARD_CACHE entry pays one inlined per-CPU load and a compare (see
@@ -26,29 +25,17 @@
  *   the check, so this catches the attempt, while the loader's own
  *   references keep the hooks attached and the daemon puts a pin back);
  * - ptrace-class access (`ptrace` attach, `process_vm_readv/writev`,
- *   `pidfd_getfd`, `process_madvise`) only to processes that are confined
- *   too. Targets are judged by the registry of confined processes, by their
- *   number in the initial PID namespace: a caller in another PID namespace
- *   is refused such access altogether.
+ *   `pidfd_getfd`, `process_madvise`, `kcmp`, `prlimit64` of another
+ *   process) only to processes that are confined too. Targets are judged
+ *   by the registry of confined processes, by their number in the loader's
+ *   PID namespace: a caller in another PID namespace is refused such access
+ *   altogether;
+ * - no signal (other than 0) to the loader holding the pin dir (the daemon
+ *   or `exec`): by any of its thread ids, by a pidfd, by its process group,
+ *   or to every process (kill -1). With the loader gone the pins alone
+ *   would hold the hooks.
  */
 #include "aa_policy.h"
-
-/* The number of the process a ptrace-class call targets, in the initial
- * PID namespace, or -1 when it cannot be told. */
-static __always_inline long ptrace_target(struct task_struct *task, struct pt_regs *regs, long nr)
-{
-	if (nr == AA_NR_PIDFD_GETFD || nr == AA_NR_PROCESS_MADVISE) {
-		struct file *file = aa_fd_file(task, regs->di);
-		if (!file || BPF_CORE_READ(file, f_inode, i_sb, s_magic) != AA_PIDFS_MAGIC)
-			return -1;
-		struct pid *pid = BPF_CORE_READ(file, f_inode, i_private);
-		return pid ? BPF_CORE_READ(pid, numbers[0].nr) : -1;
-	}
-	/* A number is read in the caller's PID namespace. */
-	if (task->thread_pid->level != 0)
-		return -1;
-	return nr == AA_NR_PTRACE ? (long)regs->si : (long)regs->di;
-}
 
 /* Whether an unlink or rename names one of the loader's pins. */
 static __always_inline int touches_pins(long nr, struct pt_regs *regs)
@@ -67,12 +54,112 @@ static __always_inline int touches_pins(long nr, struct pt_regs *regs)
 	return 0;
 }
 
-static __always_inline int is_ptrace_class(long nr, struct pt_regs *regs)
+/* The number (loader's PID namespace) of the task behind pidfd `fd`, or -1. */
+static __always_inline long pidfd_target(struct task_struct *task, long fd)
 {
-	if (nr == AA_NR_PTRACE)
-		return regs->di == AA_PTRACE_ATTACH || regs->di == AA_PTRACE_SEIZE;
-	return nr == AA_NR_PROCESS_VM_READV || nr == AA_NR_PROCESS_VM_WRITEV ||
-	       nr == AA_NR_PIDFD_GETFD || nr == AA_NR_PROCESS_MADVISE;
+	struct file *file = aa_fd_file(task, fd);
+	if (!file || BPF_CORE_READ(file, f_inode, i_sb, s_magic) != AA_PIDFS_MAGIC)
+		return -1;
+	return aa_loader_number((__u64)BPF_CORE_READ(file, f_inode, i_private));
+}
+
+/* Whether numbers the caller passes can be compared with the registry. */
+static __always_inline int numbers_are_global(struct task_struct *task)
+{
+	return aa_numbers_comparable(task);
+}
+
+/* Whether a ptrace-class call reaches a process outside the confinement;
+ * `target` gets the number it names (-1 when it cannot be told). */
+static __always_inline int reaches_outside(struct task_struct *task, struct pt_regs *regs, long nr,
+					   long *target)
+{
+	long first = -1, second = 0;
+	switch (nr) {
+	case AA_NR_PTRACE:
+		if (regs->di != AA_PTRACE_ATTACH && regs->di != AA_PTRACE_SEIZE)
+			return 0;
+		first = numbers_are_global(task) ? (long)regs->si : -1;
+		break;
+	case AA_NR_PROCESS_VM_READV:
+	case AA_NR_PROCESS_VM_WRITEV:
+		first = numbers_are_global(task) ? (int)regs->di : -1;
+		break;
+	case AA_NR_KCMP:
+		first = numbers_are_global(task) ? (int)regs->di : -1;
+		second = numbers_are_global(task) ? (int)regs->si : -1;
+		break;
+	case AA_NR_PRLIMIT64:
+		/* 0 is the caller itself. */
+		if ((int)regs->di == 0 || aa_loader_number(aa_pid_address(&task->group_leader->thread_pid)) == (int)regs->di)
+			return 0;
+		first = numbers_are_global(task) ? (int)regs->di : -1;
+		break;
+	case AA_NR_PIDFD_GETFD:
+	case AA_NR_PROCESS_MADVISE:
+		first = pidfd_target(task, (int)regs->di);
+		break;
+	default:
+		return 0;
+	}
+	*target = first;
+	if (first < 0 || !aa_process_confined(first))
+		return 1;
+	*target = second;
+	return second != 0 && (second < 0 || !aa_process_confined(second));
+}
+
+/* Whether a signal-sending call would signal the loader; `target` gets the
+ * number it names. */
+static __always_inline int signals_loader(struct task_struct *task, struct pt_regs *regs, long nr,
+					  long *target)
+{
+	/* Process numbers and signals are ints: the upper half of the register
+	 * is not part of the argument. */
+	int sig;
+	switch (nr) {
+	case AA_NR_KILL:
+	case AA_NR_TKILL:
+	case AA_NR_RT_SIGQUEUEINFO:
+		*target = (int)regs->di;
+		sig = (int)regs->si;
+		break;
+	case AA_NR_TGKILL:
+		if (numbers_are_global(task) && (int)regs->dx != 0 && (int)regs->si > 0 &&
+		    aa_is_loader((int)regs->si)) {
+			*target = (int)regs->si;
+			return 1;
+		}
+		*target = (int)regs->di;
+		sig = (int)regs->dx;
+		break;
+	case AA_NR_RT_TGSIGQUEUEINFO:
+		*target = (int)regs->di;
+		sig = (int)regs->dx;
+		break;
+	case AA_NR_PIDFD_SEND_SIGNAL:
+		*target = pidfd_target(task, (int)regs->di);
+		return (int)regs->si != 0 && *target > 0 && aa_is_loader(*target);
+	default:
+		return 0;
+	}
+	/* Signal 0 only asks whether the target exists; a number of another
+	 * PID namespace never names the loader. */
+	if (sig == 0 || !numbers_are_global(task))
+		return 0;
+	if (*target > 0)
+		return aa_is_loader(*target);
+	if (nr != AA_NR_KILL)
+		return 0;
+	if (*target == -1)
+		return 1; /* every process the caller may signal */
+	__u32 zero = 0;
+	struct aa_config *config = bpf_map_lookup_elem(&CONFIG, &zero);
+	if (!config)
+		return 1;
+	long group = *target == 0 ? aa_loader_number((__u64)BPF_CORE_READ(task, signal, pids[2]))
+				  : -*target;
+	return group == config->loader_pgid;
 }
 
 /* Everything but the cached unconfined case, kept out of the hot function
@@ -95,34 +182,30 @@ static __attribute__((noinline)) int guard_slow(struct pt_regs *regs, long id, _
 	__u32 mode = gen->mode;
 
 	/* ia32 (int 0x80) and x32 entries use other tables, which the checks
-	 * below are not written for: never allowed to a confined task. */
-	__u32 compat = (task->thread_info.status & AA_TS_COMPAT) || (id & AA_X32_SYSCALL_BIT);
-	if (mark->flags & AA_MARK_DOOMED) {
-		aa_deny(mode, id, compat, AA_REASON_DOOMED, 0);
+	 * below are not written for: never allowed to a confined task. (-1, no
+	 * syscall, has bit 30 set but is not an x32 entry.) */
+	__u32 compat = (task->thread_info.status & AA_TS_COMPAT) || (id >= 0 && (id & AA_X32_SYSCALL_BIT));
+	long target = 0;
+	__u32 reason;
+	if (mark->flags & AA_MARK_DOOMED)
+		reason = AA_REASON_DOOMED;
+	else if (compat || !aa_syscall_allowed(gen, id))
+		reason = AA_REASON_NOT_ALLOWED;
+	else if (id == AA_NR_BPF)
+		reason = AA_REASON_INTEGRITY;
+	else if ((id == AA_NR_SOCKET || id == AA_NR_SOCKETPAIR) && gen->egress_restricted &&
+		 !aa_socket_family_allowed((int)regs->di, (int)regs->si)) {
+		reason = AA_REASON_SOCKET_FAMILY;
+		target = (int)regs->di;
+	} else if (touches_pins(id, regs))
+		reason = AA_REASON_PIN;
+	else if (reaches_outside(task, regs, id, &target))
+		reason = AA_REASON_PTRACE_TARGET;
+	else if (signals_loader(task, regs, id, &target))
+		reason = AA_REASON_LOADER;
+	else
 		return 0;
-	}
-	if (compat || !aa_syscall_allowed(gen, id)) {
-		aa_deny(mode, id, compat, AA_REASON_NOT_ALLOWED, 0);
-		return 0;
-	}
-	if (id == AA_NR_BPF) {
-		aa_deny(mode, id, 0, AA_REASON_INTEGRITY, 0);
-		return 0;
-	}
-	if ((id == AA_NR_SOCKET || id == AA_NR_SOCKETPAIR) && gen->egress_restricted &&
-	    !aa_socket_family_allowed(regs->di)) {
-		aa_deny(mode, id, 0, AA_REASON_SOCKET_FAMILY, (__u32)regs->di);
-		return 0;
-	}
-	if (touches_pins(id, regs)) {
-		aa_deny(mode, id, 0, AA_REASON_PIN, 0);
-		return 0;
-	}
-	if (is_ptrace_class(id, regs)) {
-		long target = ptrace_target(task, regs, id);
-		if (target < 0 || !aa_process_confined((__u32)target))
-			aa_deny(mode, id, 0, AA_REASON_PTRACE_TARGET, (__u32)target);
-	}
+	aa_deny_task(task, mark, mode, id, compat, reason, (__u32)target);
 	return 0;
 }
 

@@ -27,17 +27,40 @@ int task_new(unsigned long long *ctx)
 	struct task_struct *child = (struct task_struct *)ctx[0];
 	__u64 clone_flags = ctx[1];
 	struct task_struct *parent = bpf_get_current_task_btf();
+	/* The loader's new threads must not be signalled by the confined. */
+	long parent_tid = aa_loader_number(aa_pid_address(&parent->thread_pid));
+	if (parent_tid > 0 && aa_is_loader(parent_tid)) {
+		__u32 tid = aa_loader_number(aa_pid_address(&child->thread_pid)), one = 1;
+		bpf_map_update_elem(&LOADER_TIDS, &tid, &one, BPF_ANY);
+	}
 	struct aa_task_mark *parent_mark = aa_mark_of(parent);
 	if (!parent_mark)
 		return 0;
 
-	struct aa_task_mark mark = { .confined = 1, .flags = parent_mark->flags };
+	struct aa_task_mark mark = { .confined = 1, .flags = parent_mark->flags & AA_MARK_DOOMED };
 	struct aa_generation *gen = aa_active_generation();
 	__u32 mode = gen ? gen->mode : AA_MODE_ENFORCE;
-	/* New namespaces are what unshare makes: judged as unshare. The child
-	 * is doomed (killed at its first syscall) and the creator killed. */
-	if ((clone_flags & AA_CLONE_NAMESPACES) && gen && !aa_syscall_allowed(gen, AA_NR_UNSHARE)) {
-		aa_deny(mode, AA_NR_UNSHARE, 0, AA_REASON_NAMESPACE, (__u32)clone_flags);
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(parent);
+	long nr = regs ? (long)BPF_CORE_READ(regs, orig_ax) : -1;
+	/* A denied creation: the creator is killed, the child is doomed
+	 * (killed at its first syscall). */
+	__u32 denied = 0;
+	/* New namespaces are what unshare makes: judged as unshare. */
+	if ((clone_flags & AA_CLONE_NAMESPACES) && gen && !aa_syscall_allowed(gen, AA_NR_UNSHARE))
+		denied = AA_REASON_NAMESPACE;
+	/* A new process (not a thread) that shares the creator's descriptors,
+	 * or its memory without vfork's wait: a task killed for a denied call
+	 * leaves what the call made (an fd, memory it wrote) to the other, so
+	 * the kill would not take the result with it. */
+	if (!(clone_flags & AA_CLONE_THREAD)) {
+		if ((clone_flags & AA_CLONE_FILES) ||
+		    ((clone_flags & AA_CLONE_VM) && !(clone_flags & AA_CLONE_VFORK)))
+			denied = AA_REASON_SHARING;
+		else if (clone_flags & AA_CLONE_VM)
+			mark.flags |= AA_MARK_VFORKED;
+	}
+	if (denied) {
+		aa_deny_task(parent, parent_mark, mode, nr, 0, denied, (__u32)clone_flags);
 		if (mode == AA_MODE_ENFORCE)
 			mark.flags |= AA_MARK_DOOMED;
 	}
@@ -47,7 +70,8 @@ int task_new(unsigned long long *ctx)
 	if (!(child->thread_info.syscall_work & AA_SYSCALL_WORK_TRACEPOINT) &&
 	    !(child->flags & 0x10 /* PF_IO_WORKER: makes no syscalls */)) {
 		aa_count(AA_COUNTER_UNTRACED);
-		aa_deny(AA_MODE_ENFORCE, -1, 0, AA_REASON_UNTRACED, child->pid);
+		aa_deny(AA_MODE_ENFORCE, -1, 0, AA_REASON_UNTRACED,
+			aa_loader_number(aa_pid_address(&child->thread_pid)));
 		mark.flags |= AA_MARK_DOOMED;
 	}
 
@@ -65,8 +89,10 @@ int task_new(unsigned long long *ctx)
 	}
 
 	if (child->pid == child->tgid) {
-		__u32 tgid = child->tgid;
-		struct aa_confined entry = { .parent_tgid = parent->tgid };
+		__u32 tgid = aa_loader_number(aa_pid_address(&child->thread_pid));
+		struct aa_confined entry = {
+			.parent_tgid = aa_loader_number(aa_pid_address(&parent->group_leader->thread_pid)),
+		};
 		if (bpf_map_update_elem(&CONFINED, &tgid, &entry, BPF_ANY))
 			aa_count(AA_COUNTER_REGISTRY_FULL);
 	}
@@ -79,6 +105,9 @@ int task_exit(unsigned long long *ctx)
 {
 	struct task_struct *task = (struct task_struct *)ctx[0];
 	int group_dead = (int)ctx[1];
+	__u32 tid = aa_loader_number(aa_pid_address(&task->thread_pid));
+	if (aa_is_loader(tid))
+		bpf_map_delete_elem(&LOADER_TIDS, &tid);
 	struct aa_task_mark *mark = aa_mark_of(task);
 	if (mark && mark->guarded == 0) {
 		/* A thread leaving through exit or exit_group passed sys_enter for
@@ -94,7 +123,7 @@ int task_exit(unsigned long long *ctx)
 
 	/* Whichever thread exits last (an io_uring worker, an unmarked thread
 	 * of a released process), the process leaves the registry. */
-	__u32 tgid = task->tgid;
+	__u32 tgid = aa_loader_number(aa_pid_address(&task->group_leader->thread_pid));
 	if (!aa_process_confined(tgid))
 		return 0;
 	bpf_map_delete_elem(&CONFINED, &tgid);
@@ -112,8 +141,11 @@ int task_exec(unsigned long long *ctx)
 {
 	struct task_struct *task = (struct task_struct *)ctx[0];
 	struct linux_binprm *bprm = (struct linux_binprm *)ctx[2];
-	if (!aa_mark_of(task))
+	struct aa_task_mark *mark = aa_mark_of(task);
+	if (!mark)
 		return 0;
+	/* A vfork child's exec gives it memory of its own. */
+	mark->flags &= ~AA_MARK_VFORKED;
 
 	struct aa_generation *gen = aa_active_generation();
 	struct aa_event *event = aa_event_start(AA_EVENT_EXEC, gen ? gen->mode : 0);

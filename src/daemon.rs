@@ -20,7 +20,7 @@ use crate::control::wire::WireEvent;
 use crate::events::{self, EventKind, RateLimitedLog};
 use crate::lifecycle;
 use crate::loader::LoaderError;
-use crate::loader::kernel::{self, KernelLoader};
+use crate::loader::kernel::{self, KernelLoader, MarkReader};
 use crate::reconcile::{Command, Reconciler, StartError, Trigger};
 use crate::watch::{self, WatchError};
 
@@ -154,6 +154,7 @@ async fn serve_until_signalled(
         status: Arc::clone(&status),
         events,
         group,
+        marks: MarkReader::open(&options.pin_dir)?,
     });
     let summary = {
         let status = status.load();

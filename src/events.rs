@@ -34,6 +34,12 @@ pub enum DenyReason {
     Doomed,
     /// An unlink or rename of one of the loader's pins.
     Pin,
+    /// A new process sharing its creator's descriptors or memory.
+    Sharing { clone_flags: u32 },
+    /// A signal to the loader holding the pins.
+    Loader { target: i32 },
+    /// An io_uring open into a direct descriptor (not an fd).
+    IoUringDirect { opcode: u32 },
 }
 
 /// A socket, option or packet the egress allowlist cannot judge.
@@ -191,6 +197,13 @@ impl DenyReason {
             abi::REASON_UNTRACED => DenyReason::Untraced { tid: detail },
             abi::REASON_DOOMED => DenyReason::Doomed,
             abi::REASON_PIN => DenyReason::Pin,
+            abi::REASON_SHARING => DenyReason::Sharing {
+                clone_flags: detail,
+            },
+            abi::REASON_LOADER => DenyReason::Loader {
+                target: detail as i32,
+            },
+            abi::REASON_IO_URING_DIRECT => DenyReason::IoUringDirect { opcode: detail },
             _ => return None,
         })
     }
@@ -242,6 +255,20 @@ impl fmt::Display for DenyReason {
             DenyReason::Pin => write!(
                 f,
                 "it names one of the pins that keep the confinement attached"
+            ),
+            DenyReason::Sharing { clone_flags } => write!(
+                f,
+                "clone with flags {clone_flags:#x} makes a process that shares its creator's descriptors or memory"
+            ),
+            DenyReason::Loader { target } => write!(
+                f,
+                "it signals {} (the loader that keeps the confinement attached, or every process)",
+                process_name(*target)
+            ),
+            DenyReason::IoUringDirect { opcode } => write!(
+                f,
+                "io_uring request {} opens into a direct descriptor, which cannot be checked",
+                io_uring_ops::name(*opcode).map_or_else(|| format!("#{opcode}"), str::to_owned)
             ),
         }
     }
@@ -532,6 +559,17 @@ mod tests {
             (abi::REASON_PROC_MEM, 42, "opened the memory of process 42"),
             (abi::REASON_IO_URING_OP, 36, "io_uring request UNLINKAT"),
             (abi::REASON_PIN, 0, "names one of the pins"),
+            (
+                abi::REASON_SHARING,
+                0x400,
+                "shares its creator's descriptors",
+            ),
+            (abi::REASON_LOADER, 42, "signals process 42"),
+            (
+                abi::REASON_IO_URING_DIRECT,
+                18,
+                "OPENAT opens into a direct descriptor",
+            ),
         ];
         for (reason, detail, words) in cases {
             let event =

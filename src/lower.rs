@@ -106,8 +106,10 @@ pub fn enforced_defaults(rules: &RuleSet, arch: Arch) -> Vec<String> {
     let mut defaults = vec![
         "bpf is never allowed to a confined process (it could detach the hooks or edit the rules)".to_owned(),
         "syscalls entered through the ia32 (int 0x80) or x32 tables are never allowed".to_owned(),
-        "ptrace-class access (ptrace attach, process_vm_readv/writev, pidfd_getfd, process_madvise, opening /proc/PID/mem, environ, auxv or pagemap) only to processes that are confined too".to_owned(),
-        "io_uring requests are judged as the syscall each stands for, and only when io_uring_enter is allowed".to_owned(),
+        "ptrace-class access (ptrace attach, process_vm_readv/writev, pidfd_getfd, process_madvise, kcmp, prlimit64 of another process, opening /proc/PID/mem, environ, auxv or pagemap) only to processes that are confined too".to_owned(),
+        "io_uring requests are judged as the syscall each stands for, and only when io_uring_enter is allowed; opens into direct descriptors are refused".to_owned(),
+        "no new process may share its creator's descriptors (CLONE_FILES) or memory (CLONE_VM without vfork's wait): a process killed for a denied call would leave the call's result to the other".to_owned(),
+        "no signal to the daemon (or exec) holding the pins, nor to every process (kill -1); no unlink or rename of a pin (aa-policyd-*)".to_owned(),
     ];
     let unshare_allowed = match &rules.syscalls {
         SyscallRule::Unrestricted => true,

@@ -263,16 +263,15 @@ impl Reconciler {
         self.shut_down();
     }
 
-    /// Puts back pins someone removed. Nothing stopped meanwhile: the
-    /// loader holds every map and link, so this only restores what a
-    /// later loader adopts.
+    /// Puts back hooks someone detached and pins someone removed (a
+    /// removed pin stopped nothing: the loader holds every map and link).
     fn repair_pins(&mut self) {
-        match self.loader.repair_pins() {
+        match self.loader.repair() {
             Ok(repaired) if repaired.is_empty() => {}
             Ok(repaired) => {
                 tracing::warn!(
                     repaired = repaired.join(","),
-                    "pins removed or replaced under {} were put back ({}); enforcement never stopped",
+                    "hooks detached or pins removed under {} were put back ({})",
                     self.loader.pin_dir().display(),
                     repaired.join(", ")
                 );
@@ -567,6 +566,7 @@ impl Reconciler {
                     program: state.program.to_owned(),
                     link_id: state.link_id,
                     program_id: state.program_id,
+                    attached: state.attached,
                     pinned: state.pinned,
                 })
                 .collect(),

@@ -358,6 +358,27 @@ fn egress_around_the_cgroup_hooks_is_refused() {
         "{}",
         out.stderr
     );
+    // AF_INET with SOCK_PACKET is a packet socket in disguise.
+    let out = exec_with_policy(
+        "egress_sock_packet",
+        &policy(&[], "127.0.0.0/8"),
+        &[
+            "python3",
+            "-c",
+            "import socket; socket.socket(socket.AF_INET, 10, 0x300); print('SOCK_PACKET OK')",
+        ],
+    );
+    assert_eq!(out.code, Some(KILLED), "{}{}", out.stdout, out.stderr);
+    // So is a packet socket asked of io_uring.
+    let out = exec_with_policy(
+        "egress_ring_packet",
+        &policy(
+            &["io_uring_setup", "io_uring_enter", "io_uring_register"],
+            "127.0.0.0/8",
+        ),
+        &[&escape, "uring-socket", "17", "3"],
+    );
+    assert_eq!(out.code, Some(KILLED), "{}{}", out.stdout, out.stderr);
     let out = exec_with_policy(
         "egress_vsock",
         &policy(&[], "127.0.0.0/8"),
@@ -453,6 +474,24 @@ fn a_confined_process_cannot_reach_into_an_unconfined_one() {
         "the target was never touched"
     );
 
+    // Opened through io_uring (no syscall of its own), it is judged when
+    // the request completes.
+    let ring_policy = policy(
+        &["io_uring_setup", "io_uring_enter", "io_uring_register"],
+        "127.0.0.0/8",
+    );
+    let out = exec_with_policy(
+        "procmem_ring",
+        &ring_policy,
+        &[&escape, "uring-openat", &format!("/proc/{target_pid}/mem")],
+    );
+    assert_eq!(out.code, Some(KILLED), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("opened the memory of process"),
+        "{}",
+        out.stderr
+    );
+
     // clone3 with namespace flags is judged as unshare.
     let out = exec_with_policy("clone3_ns", &default, &[&escape, "clone3-ns"]);
     assert_eq!(out.code, Some(KILLED), "{}{}", out.stdout, out.stderr);
@@ -477,7 +516,7 @@ fn removing_the_pins_detaches_nothing_and_the_daemon_puts_them_back() {
         other => panic!("confine: {other:?}"),
     }
     let before = daemon.status();
-    assert_eq!(before.hooks.len(), 13, "every hook attached: {before:#?}");
+    assert_eq!(before.hooks.len(), 14, "every hook attached: {before:#?}");
     let pins = aa_policyd::loader::kernel::PinLayout::new(&daemon.pin_dir);
     // A confined root process removes the guard's and egress's pins: it
     // is killed at its first unlink (which, a tripwire, may have run).
@@ -544,8 +583,50 @@ fn removing_the_pins_detaches_nothing_and_the_daemon_puts_them_back() {
     );
     assert!(pins.link("syscall_guard").exists());
     assert!(daemon.log().contains("were put back"), "{}", daemon.log());
+
+    // A cgroup link detached behind the daemon's back (BPF_LINK_DETACH, as
+    // root outside the confinement) is reported and attached anew.
+    let detach = Command::new("python3")
+        .args(["-c", DETACH_LINK])
+        .arg(pins.link("egress_connect4"))
+        .output()
+        .expect("detach a link");
+    assert_eq!(String::from_utf8_lossy(&detach.stdout).trim(), "detached");
+    let old_link = |s: &aa_policyd::control::wire::StatusReport| {
+        s.hooks
+            .iter()
+            .find(|h| h.program == "egress_connect4")
+            .map(|h| h.link_id)
+    };
+    let detached_id = old_link(&before);
+    daemon.wait_for("the hook attached anew", |s| {
+        s.hooks.len() == 14
+            && s.hooks.iter().all(|h| h.attached && h.pinned)
+            && old_link(s) != detached_id
+    });
+    let connect = run(&format!(
+        "import socket; print(socket.socket().connect_ex(('127.0.0.2', {port})))"
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&connect.stdout).trim(),
+        "1",
+        "EPERM again"
+    );
     drop(keeper);
 }
+
+/// Detaches the link pinned at argv[1] (BPF_OBJ_GET, then BPF_LINK_DETACH).
+const DETACH_LINK: &str = r#"
+import ctypes, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+path = ctypes.create_string_buffer(sys.argv[1].encode())
+attr = ctypes.create_string_buffer(128)
+struct.pack_into("QII", attr, 0, ctypes.addressof(path), 0, 0)
+fd = libc.syscall(321, 7, attr, 128)
+attr = ctypes.create_string_buffer(128)
+struct.pack_into("I", attr, 0, fd)
+print("detached" if fd >= 0 and libc.syscall(321, 34, attr, 128) == 0 else "failed")
+"#;
 
 #[test]
 fn the_registry_never_outlives_its_process_nor_names_another() {
@@ -622,4 +703,132 @@ fn the_registry_never_outlives_its_process_nor_names_another() {
         !printed.contains("continued"),
         "the unconfined process was stopped and continued"
     );
+}
+
+#[test]
+fn a_process_sharing_descriptors_or_memory_cannot_carry_a_denied_calls_result_out() {
+    let Some(escape) = escape_helper("sharing") else {
+        return;
+    };
+    let escape = escape.display().to_string();
+    let default = support::default_policy_text();
+    // A child sharing the descriptor table (CLONE_FILES, no CLONE_THREAD)
+    // would die for a denied socket(AF_PACKET) and leave the socket to its
+    // parent: such a child is refused when it is made.
+    let out = exec_with_policy("share_files", &default, &[&escape, "share-files"]);
+    assert_eq!(out.code, Some(KILLED), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("shares its creator's descriptors or memory"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stdout.contains("holds its descriptor: yes"),
+        "{}",
+        out.stdout
+    );
+    // A vfork child shares memory until it execs: when it is killed for a
+    // denied call, the parent dies at its next syscall.
+    let out = exec_with_policy("vfork_deny", &default, &[&escape, "vfork-deny"]);
+    assert_eq!(out.code, Some(KILLED), "{}{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("parent after vfork"), "{}", out.stdout);
+    assert!(out.stderr.contains("its creation was denied") || out.stderr.contains("personality"));
+    // posix_spawn's vfork, followed by exec, is fine.
+    let out = exec_with_policy(
+        "spawn",
+        &default,
+        &[
+            "python3",
+            "-c",
+            "import subprocess; print(subprocess.run(['true']).returncode)",
+        ],
+    );
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (Some(0), "0"),
+        "{}",
+        out.stderr
+    );
+    // And -1, no syscall at all, is named as such, not as a compat entry.
+    let out = exec_with_policy(
+        "minus_one",
+        &default,
+        &[
+            "python3",
+            "-c",
+            "import ctypes; ctypes.CDLL(None).syscall(-1)",
+        ],
+    );
+    assert_eq!(out.code, Some(KILLED), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("denied syscall none (-1), not in the allowlist"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_loader_and_the_control_socket_are_out_of_reach_from_inside() {
+    let Some(daemon) = Daemon::start("out_of_reach", &policy(&[], "127.0.0.0/8"), &[]) else {
+        return;
+    };
+    let confined = |argv: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+            .args(["exec", "--socket"])
+            .arg(&daemon.socket)
+            .arg("--")
+            .args(argv)
+            .output()
+            .expect("run confined")
+    };
+    // The control socket refuses a confined process, root or not: it
+    // could release itself or change the rules.
+    let aa = env!("CARGO_BIN_EXE_aa-policyd");
+    let socket = daemon.socket.display().to_string();
+    let status = confined(&[aa, "status", "--socket", &socket]);
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        stderr.contains("a confined process") && !status.status.success(),
+        "{stderr}"
+    );
+    let release = confined(&["sh", "-c", &format!("{aa} release --socket {socket} $$")]);
+    assert!(!release.status.success());
+
+    // Signals to the daemon, by pid, by pidfd, to every process (-1) or to
+    // its process group: the sender dies, the daemon lives. SIGCONT, so
+    // that nothing is harmed should a check ever fail.
+    let pid = daemon.pid();
+    for script in [format!("kill -CONT {pid}"), "kill -CONT -1".to_owned()] {
+        let out = confined(&["sh", "-c", &format!("{script}; echo survived")]);
+        assert_eq!(
+            out.status.code(),
+            Some(KILLED),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let pidfd = confined(&[
+        "python3",
+        "-c",
+        &format!(
+            "import os, signal; signal.pidfd_send_signal(os.pidfd_open({pid}), signal.SIGCONT); print('survived')"
+        ),
+    ]);
+    assert_eq!(pidfd.status.code(), Some(KILLED), "by pidfd");
+    assert!(support::process_alive_by_pid(pid));
+    assert!(
+        daemon
+            .log()
+            .contains("the loader that keeps the confinement attached")
+    );
+
+    // The standalone `exec` is the loader too.
+    let out = exec_with_policy(
+        "exec_parent",
+        &policy(&[], "127.0.0.0/8"),
+        &["sh", "-c", "kill -CONT $PPID; echo survived"],
+    );
+    assert_eq!(out.code, Some(KILLED), "{}{}", out.stdout, out.stderr);
 }

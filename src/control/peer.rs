@@ -4,12 +4,13 @@
 //! the policy, so every connection's credentials are checked as the kernel
 //! recorded them at connect time (SO_PEERCRED, SO_PEERGROUPS), not as the
 //! client claims them. Root and members of `aa-policy` may act; anyone else
-//! is told so and disconnected. The file mode (0660, root:aa-policy) is the
-//! first line; this check is the second.
+//! is told so and disconnected. A confined process may not use the socket at
+//! all, even as root: it could release itself. The file mode (0660,
+//! root:aa-policy) is the first line; these checks are the second.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// The credentials of a connected peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +78,38 @@ impl Peer {
             ))
         }
     }
+}
+
+/// A pidfd for the process that connected (SO_PEERPIDFD, Linux 6.5+; else
+/// `pidfd_open` of its pid, which it keeps while the connection lives).
+pub fn peer_pidfd(socket: &impl AsRawFd, peer: &Peer) -> io::Result<OwnedFd> {
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `fd`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && fd >= 0 {
+        // SAFETY: the kernel just gave us this descriptor.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let pid = peer
+        .pid
+        .ok_or_else(|| io::Error::other("the peer has no pid in this namespace"))?;
+    // SAFETY: plain syscall; the returned fd is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// SO_PEERGROUPS: the peer's supplementary groups at connect time.

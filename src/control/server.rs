@@ -19,10 +19,11 @@ use tokio::time::timeout;
 
 use super::CONTROL_GROUP;
 use super::frame::{FrameDecoder, FrameError, MAX_FRAME, read_frame, write_frame};
-use super::peer::{Peer, group_id};
+use super::peer::{Peer, group_id, peer_pidfd};
 use super::wire::{
     PROTOCOL_VERSION, Request, Response, StatusReport, WireEvent, WireRuleSet, delta_from_wire,
 };
+use crate::loader::kernel::MarkReader;
 use crate::reconcile::Command;
 
 /// How long a client may take to send one whole frame.
@@ -40,6 +41,8 @@ pub struct ServerContext {
     pub status: Arc<ArcSwap<StatusReport>>,
     pub events: broadcast::Sender<WireEvent>,
     pub group: Option<u32>,
+    /// Tells whether a peer is confined (it may not use the socket).
+    pub marks: MarkReader,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,20 +171,35 @@ async fn read_request(
     }
 }
 
+/// Why a peer may not use the socket, if it may not.
+fn refusal(stream: &UnixStream, peer: &Peer, context: &ServerContext) -> Option<String> {
+    if !peer.authorized(context.group) {
+        return Some(format!(
+            "permission denied: uid {} is neither root nor a member of group {CONTROL_GROUP}",
+            peer.uid
+        ));
+    }
+    // Fails closed: a peer that cannot be told apart is refused.
+    let confined = peer_pidfd(stream, peer)
+        .and_then(|pidfd| context.marks.is_marked(&pidfd))
+        .unwrap_or(true);
+    confined.then(|| {
+        "permission denied: a confined process (or one that cannot be checked) may not use the control socket".to_owned()
+    })
+}
+
 async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), String> {
     let peer = Peer::of(&stream).map_err(|e| format!("reading peer credentials: {e}"))?;
+    let refused = refusal(&stream, &peer, context);
     let (mut reader, mut writer) = stream.into_split();
     let mut decoder = FrameDecoder::default();
-    if !peer.authorized(context.group) {
+    if let Some(message) = refused {
         tracing::warn!(
             uid = peer.uid,
             pid = peer.pid,
-            "refused a control connection from uid {}",
-            peer.uid
-        );
-        let message = format!(
-            "permission denied: uid {} is neither root nor a member of group {CONTROL_GROUP}",
-            peer.uid
+            "refused a control connection from uid {} (pid {:?}): {message}",
+            peer.uid,
+            peer.pid
         );
         // Take the client's first frame before answering: a client whose
         // hello arrives after we closed would see EPIPE, not the reason.

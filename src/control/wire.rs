@@ -131,6 +131,9 @@ pub struct HookStatus {
     pub program: String,
     pub link_id: u32,
     pub program_id: u32,
+    /// Whether the link still runs its program (a detached one is attached
+    /// anew).
+    pub attached: bool,
     /// Whether its pin is in place (a removed pin is put back).
     pub pinned: bool,
 }

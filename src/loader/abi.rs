@@ -34,6 +34,9 @@ pub const REASON_IO_URING_OP: u32 = 6;
 pub const REASON_UNTRACED: u32 = 7;
 pub const REASON_DOOMED: u32 = 8;
 pub const REASON_PIN: u32 = 9;
+pub const REASON_SHARING: u32 = 10;
+pub const REASON_LOADER: u32 = 11;
+pub const REASON_IO_URING_DIRECT: u32 = 12;
 
 pub const NET_RAW_SOCKET: u32 = 1;
 pub const NET_PING_SOCKET: u32 = 2;
@@ -82,6 +85,16 @@ pub struct TaskMark {
     pub flags: u32,
     /// Syscalls the guard judged for this task (kept by the probe).
     pub guarded: u64,
+}
+
+/// `CONFIG[0]`: what the probes know about the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoaderConfig {
+    /// The inode of the loader's PID namespace (`/proc/self/ns/pid`).
+    pub pid_ns_inum: u32,
+    /// The loader's process group, in that namespace.
+    pub loader_pgid: u32,
 }
 
 /// `CONFINED` value (key: TGID).
@@ -154,6 +167,7 @@ pub struct RawEvent {
 unsafe impl aya::Pod for Generation {}
 unsafe impl aya::Pod for TaskMark {}
 unsafe impl aya::Pod for Confined {}
+unsafe impl aya::Pod for LoaderConfig {}
 unsafe impl aya::Pod for Egress4Data {}
 unsafe impl aya::Pod for Egress6Data {}
 unsafe impl aya::Pod for RuleValue {}
@@ -223,5 +237,10 @@ mod tests {
         expect("aa_event.reason", offset_of!(RawEvent, reason));
         expect("aa_event.detail", offset_of!(RawEvent, detail));
         expect("aa_task_mark.guarded", offset_of!(TaskMark, guarded));
+        expect("aa_config", size_of::<LoaderConfig>());
+        expect(
+            "aa_config.loader_pgid",
+            offset_of!(LoaderConfig, loader_pgid),
+        );
     }
 }

@@ -16,14 +16,35 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
-use aya::maps::MapError;
 use aya::maps::PerCpuValues;
 
 use super::abi::{Confined, TaskMark};
 use super::kernel::KernelLoader;
 use super::maps::map_err;
+use super::rule_keys::remove_ignoring_missing;
 use super::{LoaderError, process, sys};
 use crate::guard::{self, ConfinedSet};
+
+/// A read-only handle on the confinement marks, for threads that do not own
+/// the loader (the control socket tells confined peers from the others).
+pub struct MarkReader {
+    map: OwnedFd,
+}
+
+impl MarkReader {
+    /// Opens the pinned `TASK_MARK` map of `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<MarkReader, LoaderError> {
+        let pin = super::pins::PinLayout::new(pin_dir).map("TASK_MARK");
+        let map = sys::obj_get(&pin)
+            .map_err(|e| LoaderError::io(format!("opening pinned map {}", pin.display()), e))?;
+        Ok(MarkReader { map })
+    }
+
+    /// Whether the task behind `pidfd` is confined.
+    pub fn is_marked(&self, pidfd: &OwnedFd) -> std::io::Result<bool> {
+        sys::task_storage_contains::<TaskMark>(self.map.as_fd(), pidfd)
+    }
+}
 
 /// What the registry says about one PID.
 enum Entry {
@@ -107,10 +128,8 @@ impl KernelLoader {
     fn forget_process(&mut self, pid: u32) -> Result<(), LoaderError> {
         self.checked.remove(&pid);
         self.map_ops += 1;
-        match self.maps.confined.remove(&pid) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err("CONFINED", pid.to_string())(e)),
-        }
+        remove_ignoring_missing(self.maps.confined.remove(&pid))
+            .map_err(map_err("CONFINED", pid.to_string()))
     }
 
     /// Clears every CPU's guard cache entry (see `GUARD_CACHE` in

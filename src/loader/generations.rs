@@ -18,15 +18,14 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use aya::maps::MapError;
-
 use aya::maps::lpm_trie::Key;
 
 use super::abi::{self, Egress4Data, Egress6Data, Generation, PathData, RuleValue};
 use super::kernel::KernelLoader;
 use super::maps::map_err;
 use super::rule_keys::{
-    access_mask, align_entry, egress_key, egress_rule, exact, exact_path, path_keys, set_slot_bit,
+    access_mask, align_entry, egress_key, egress_rule, exact, exact_path, path_keys,
+    remove_ignoring_missing, set_slot_bit,
 };
 use super::{Applied, ApplyReport, LoaderError};
 use crate::delta::{self, Delta, Op};
@@ -204,10 +203,8 @@ impl KernelLoader {
             };
             self.map_ops += 1;
             if value.slots == 0 {
-                match self.maps.paths.remove(key) {
-                    Err(MapError::KeyNotFound) | Ok(()) => {}
-                    Err(e) => return Err(map_err("PATHS", prefix.as_str())(e)),
-                }
+                remove_ignoring_missing(self.maps.paths.remove(key))
+                    .map_err(map_err("PATHS", prefix.as_str()))?;
             } else {
                 self.maps
                     .paths

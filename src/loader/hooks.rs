@@ -63,7 +63,7 @@ pub(super) enum Cgroup {
 /// Every program, its object and how it attaches. Lifecycle hooks come
 /// first so that marks propagate before the guards read them; the syscall
 /// guard comes last; detaching goes in reverse.
-pub(super) const HOOKS: [(usize, &str, Attach); 13] = [
+pub(super) const HOOKS: [(usize, &str, Attach); 14] = [
     (1, "task_new", Attach::Tracing("task_newtask")),
     (1, "task_exit", Attach::Tracing("sched_process_exit")),
     (1, "task_exec", Attach::Tracing("sched_process_exec")),
@@ -76,6 +76,11 @@ pub(super) const HOOKS: [(usize, &str, Attach); 13] = [
     (2, "egress_sockopt", Attach::Cgroup(Cgroup::Sockopt, 22)),
     (2, "egress_packet", Attach::Cgroup(Cgroup::Skb, 1)),
     (4, "file_access", Attach::Tracing("sys_exit")),
+    (
+        4,
+        "file_access_io_uring",
+        Attach::Tracing("io_uring_complete"),
+    ),
     (0, "syscall_guard", Attach::Tracing("sys_enter")),
 ];
 
@@ -98,7 +103,10 @@ pub struct HookState {
     pub program: &'static str,
     pub link_id: u32,
     pub program_id: u32,
-    /// Whether the pin is in place; `repair_pins` puts a missing one back.
+    /// Whether the link still runs its program (a cgroup link can be
+    /// detached with `BPF_LINK_DETACH` while held); `repair` attaches anew.
+    pub attached: bool,
+    /// Whether the pin is in place; `repair` puts a missing one back.
     pub pinned: bool,
 }
 
@@ -135,7 +143,9 @@ impl KernelLoader {
 
     /// Whether any hook is attached through this loader.
     pub fn hooks_attached(&self) -> bool {
-        !self.links.is_empty()
+        self.links
+            .iter()
+            .any(|held| sys::link_info(held.fd.as_fd()).is_ok_and(|info| info.attached))
     }
 
     /// The hooks the kernel has attached for this pin dir, from the links
@@ -144,7 +154,7 @@ impl KernelLoader {
     pub fn hook_states(&self) -> Result<Vec<HookState>, LoaderError> {
         let mut states = Vec::with_capacity(self.links.len());
         for held in &self.links {
-            let (link_id, program_id) = sys::link_ids(held.fd.as_fd()).map_err(|e| {
+            let info = sys::link_info(held.fd.as_fd()).map_err(|e| {
                 LoaderError::io(
                     format!("reading link of {} (BPF_OBJ_GET_INFO_BY_FD)", held.program),
                     e,
@@ -152,8 +162,9 @@ impl KernelLoader {
             })?;
             states.push(HookState {
                 program: held.program,
-                link_id,
-                program_id,
+                link_id: info.id,
+                program_id: info.program_id,
+                attached: info.attached,
                 pinned: pin_holds(&self.pins.link(held.program), &held.fd),
             });
         }
@@ -172,6 +183,8 @@ impl KernelLoader {
     /// Attaches every hook not attached yet, pins it and keeps its link.
     pub fn attach_hooks(&mut self) -> Result<(), LoaderError> {
         self.adopt_links()?;
+        // Threads this process made while nothing was attached to see them.
+        self.register_loader_threads(false)?;
         let mut cgroup_root: Option<File> = None;
         for (object, program, attach) in HOOKS {
             if self.links.iter().any(|held| held.program == program) {
@@ -215,11 +228,37 @@ impl KernelLoader {
         Ok(self.hooks_attached())
     }
 
-    /// Puts back every pin of a map or link this loader holds that is
-    /// missing or names another object (removed or replaced by someone
-    /// else); returns what it repaired. Nothing was detached meanwhile:
-    /// this loader's descriptors kept every object alive.
-    pub fn repair_pins(&mut self) -> Result<Vec<&'static str>, LoaderError> {
+    /// Puts back what someone else undid: a hook whose link was detached
+    /// (`BPF_LINK_DETACH`) is attached anew, and every pin of a map or link
+    /// this loader holds that is missing or names another object is pinned
+    /// again; returns what it repaired. A removed pin detached nothing
+    /// meanwhile: this loader's descriptors kept every object alive.
+    pub fn repair(&mut self) -> Result<Vec<&'static str>, LoaderError> {
+        let mut repaired = Vec::new();
+        let detached: Vec<&'static str> = self
+            .links
+            .iter()
+            .filter(|held| sys::link_info(held.fd.as_fd()).is_ok_and(|info| !info.attached))
+            .map(|held| held.program)
+            .collect();
+        if !detached.is_empty() {
+            self.links.retain(|held| !detached.contains(&held.program));
+            for program in &detached {
+                let pin = self.pins.link(program);
+                match std::fs::remove_file(&pin) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(pin_err(&pin)(e)),
+                }
+            }
+            self.attach_hooks()?;
+            repaired.extend(detached);
+        }
+        repaired.extend(self.repair_pins()?);
+        Ok(repaired)
+    }
+
+    fn repair_pins(&mut self) -> Result<Vec<&'static str>, LoaderError> {
         let mut held: Vec<Pinned<'_>> = self
             .links
             .iter()

@@ -19,11 +19,12 @@ use super::abi;
 use super::hooks::{HOOKS, HeldLink, OBJECTS, load_object, load_program};
 use super::maps::{MAPS, Maps, map_err, read_counters, take_maps};
 use super::pins::{ensure_bpffs, lock_pin_dir};
-use super::{Applied, ApplyReport, Loader, LoaderError, ProbeCounters, io_uring_ops, sys};
+use super::{Applied, ApplyReport, Loader, LoaderError, ProbeCounters, io_uring_ops, process, sys};
 use crate::delta::Delta;
 use crate::guard::{self, ConfinedSet};
 use crate::ruleset::{Arch, RuleSet};
 
+pub use super::confinement::MarkReader;
 pub use super::hooks::{HookState, cgroup2_root};
 pub use super::maps::{PinnedCounters, pinned_counters, read_applied};
 pub use super::pins::{DEFAULT_PIN_DIR, PinLayout, unload};
@@ -117,6 +118,8 @@ impl KernelLoader {
         };
         loader.adopt_links()?;
         loader.write_io_uring_ops()?;
+        loader.write_config()?;
+        loader.register_loader_threads(true)?;
         loader.mirror = loader.read_back()?;
         Ok(loader)
     }
@@ -129,6 +132,49 @@ impl KernelLoader {
     pub fn counters(&mut self) -> Result<ProbeCounters, LoaderError> {
         self.map_ops += abi::COUNTERS as u64;
         read_counters(&self.maps.counters)
+    }
+
+    /// Tells the probes who the loader is: its PID namespace, by which every
+    /// process number in the maps is meant, and its process group.
+    fn write_config(&mut self) -> Result<(), LoaderError> {
+        use std::os::unix::fs::MetadataExt;
+        let namespace = std::fs::metadata("/proc/self/ns/pid")
+            .map_err(|e| LoaderError::io("reading /proc/self/ns/pid", e))?;
+        let config = abi::LoaderConfig {
+            pid_ns_inum: namespace.ino() as u32,
+            loader_pgid: sys::process_group(),
+        };
+        self.map_ops += 1;
+        self.maps
+            .config
+            .set(0, config, 0)
+            .map_err(map_err("CONFIG", "0"))
+    }
+
+    /// Lists this process's threads in `LOADER_TIDS`, so no confined task
+    /// may signal it (`fresh`: forget an earlier loader's threads first).
+    /// The probes add threads created while the hooks are attached.
+    pub(super) fn register_loader_threads(&mut self, fresh: bool) -> Result<(), LoaderError> {
+        if fresh {
+            let stale: Vec<u32> = self
+                .maps
+                .loader_tids
+                .keys()
+                .filter_map(Result::ok)
+                .collect();
+            for tid in stale {
+                self.map_ops += 1;
+                let _ = self.maps.loader_tids.remove(&tid);
+            }
+        }
+        for tid in process::threads(std::process::id())? {
+            self.map_ops += 1;
+            self.maps
+                .loader_tids
+                .insert(tid, 1, 0)
+                .map_err(map_err("LOADER_TIDS", tid.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Tells the io_uring guard what each request stands for. Rewritten at

@@ -13,7 +13,9 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 
-use super::abi::{self, Confined, Egress4Data, Egress6Data, Generation, PathData, RuleValue};
+use super::abi::{
+    self, Confined, Egress4Data, Egress6Data, Generation, LoaderConfig, PathData, RuleValue,
+};
 use super::pins::PinLayout;
 use super::rule_keys::{access_mask, egress_rule, exact_path};
 use super::{Applied, LoaderError, ProbeCounters};
@@ -23,7 +25,7 @@ use crate::ruleset::{
 };
 
 /// Every pinned map, by the name the probes give it.
-pub(super) const MAPS: [&str; 12] = [
+pub(super) const MAPS: [&str; 14] = [
     "ACTIVE",
     "GENERATIONS",
     "TASK_MARK",
@@ -34,6 +36,8 @@ pub(super) const MAPS: [&str; 12] = [
     "PATHS",
     "IO_URING_OPS",
     "SOCKET_MARK",
+    "CONFIG",
+    "LOADER_TIDS",
     "EVENTS",
     "COUNTERS",
 ];
@@ -48,6 +52,8 @@ pub(super) struct Maps {
     pub(super) paths: LpmTrie<MapData, PathData, RuleValue>,
     pub(super) guard_cache: PerCpuArray<MapData, u64>,
     pub(super) io_uring_ops: Array<MapData, i32>,
+    pub(super) config: Array<MapData, LoaderConfig>,
+    pub(super) loader_tids: HashMap<MapData, u32, u32>,
     pub(super) counters: Array<MapData, u64>,
     pub(super) events: Option<RingBuf<MapData>>,
     pub(super) capacity: BTreeMap<&'static str, usize>,
@@ -264,6 +270,8 @@ fn build_maps(
         paths: typed("PATHS", paths, LpmTrie::try_from)?,
         guard_cache: typed("GUARD_CACHE", get("GUARD_CACHE")?, PerCpuArray::try_from)?,
         io_uring_ops: typed("IO_URING_OPS", get("IO_URING_OPS")?, Array::try_from)?,
+        config: typed("CONFIG", get("CONFIG")?, Array::try_from)?,
+        loader_tids: typed("LOADER_TIDS", get("LOADER_TIDS")?, HashMap::try_from)?,
         counters: typed("COUNTERS", get("COUNTERS")?, Array::try_from)?,
         events: Some(typed("EVENTS", get("EVENTS")?, RingBuf::try_from)?),
         capacity,

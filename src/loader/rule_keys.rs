@@ -15,9 +15,17 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use super::abi::{self, Egress4Data, Egress6Data, PathData, RuleValue};
 use crate::ruleset::{Access, EgressRule, IpCidr, PathPrefix};
 
+/// A map delete's result, where a key that was already gone is success
+/// (aya reports it as `KeyNotFound` for some maps and as the syscall's
+/// ENOENT for others).
 pub(super) fn remove_ignoring_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

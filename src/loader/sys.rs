@@ -309,23 +309,32 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     bpf_obj(BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
-/// The kernel's id of a map or link.
-pub fn object_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    link_ids(fd).map(|(id, _)| id)
+/// What the kernel says about a link.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkInfo {
+    pub id: u32,
+    pub program_id: u32,
+    /// Whether it still runs its program: a cgroup link detached with
+    /// `BPF_LINK_DETACH` lives on with cgroup id 0.
+    pub attached: bool,
 }
 
-/// The kernel's ids of a link: (link id, id of the program it runs). For a
-/// map the first is its id (both info structs start with type, then id).
-pub fn link_ids(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
-    /// The head of `struct bpf_link_info`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct LinkInfoHead {
-        link_type: u32,
-        id: u32,
-        prog_id: u32,
-        _pad: u32,
-    }
+/// The head of `struct bpf_link_info` and its cgroup member.
+#[repr(C)]
+#[derive(Default)]
+struct LinkInfoHead {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    /// `cgroup.cgroup_id` for cgroup links.
+    cgroup_id: u64,
+    _rest: [u64; 6],
+}
+
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
+
+fn info_head(fd: BorrowedFd<'_>) -> io::Result<LinkInfoHead> {
     let mut info = LinkInfoHead::default();
     // SAFETY: an all-zero bpf_attr is valid.
     let mut attr: ObjBpfAttr = unsafe { std::mem::zeroed() };
@@ -335,7 +344,23 @@ pub fn link_ids(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
         info: (&mut info as *mut LinkInfoHead) as u64,
     };
     bpf_obj(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok((info.id, info.prog_id))
+    Ok(info)
+}
+
+/// The kernel's id of a map or link (both info structs start with a type,
+/// then the id).
+pub fn object_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    info_head(fd).map(|info| info.id)
+}
+
+/// The kernel's view of a link.
+pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    let info = info_head(fd)?;
+    Ok(LinkInfo {
+        id: info.id,
+        program_id: info.prog_id,
+        attached: info.link_type != BPF_LINK_TYPE_CGROUP || info.cgroup_id != 0,
+    })
 }
 
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
@@ -463,6 +488,12 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
     } else {
         Err(error)
     }
+}
+
+/// This process's process group.
+pub fn process_group() -> u32 {
+    // SAFETY: getpgrp cannot fail.
+    unsafe { libc::getpgrp() as u32 }
 }
 
 pub fn effective_uid() -> u32 {

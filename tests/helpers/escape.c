@@ -233,6 +233,61 @@ static int pidfd_getfd(char **argv)
 	return 0;
 }
 
+/* share-files: a child that shares this process's descriptors
+ * (CLONE_FILES without CLONE_THREAD) makes a denied call that creates one;
+ * the child dies for it, but the descriptor would stay with the parent. */
+static int share_files(void)
+{
+	long child = syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, 0, 0, 0);
+	if (child == 0) {
+		socket(AF_PACKET, SOCK_RAW, 0);
+		_exit(0);
+	}
+	int status = 0;
+	waitpid(child, &status, 0);
+	int usable = fcntl(3, F_GETFD) >= 0 || fcntl(4, F_GETFD) >= 0;
+	printf("child status %d, parent holds its descriptor: %s\n", status, usable ? "yes" : "no");
+	return 0;
+}
+
+/* vfork-deny: a vfork child (shares memory until it execs) makes a denied
+ * call and dies; the parent then carries on. */
+static int vfork_deny(void)
+{
+	pid_t child = vfork();
+	if (child == 0) {
+		syscall(SYS_personality, 0xffffffffUL);
+		_exit(0);
+	}
+	int status = 0;
+	waitpid(child, &status, 0);
+	printf("parent after vfork child status %d\n", status);
+	return 0;
+}
+
+/* uring-openat PATH: opens PATH read-write through a ring (no syscall of
+ * the open's own), then writes through the fd. */
+static int uring_openat(char **argv)
+{
+	ring_setup(0);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+	io_uring_prep_openat(sqe, AT_FDCWD, argv[2], O_RDWR, 0);
+	int fd = ring_run();
+	printf("openat %d\n", fd);
+	return 0;
+}
+
+/* uring-socket FAMILY TYPE: creates a socket through a ring. */
+static int uring_socket(char **argv)
+{
+	ring_setup(0);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+	io_uring_prep_socket(sqe, atoi(argv[2]), atoi(argv[3]), 0, 0);
+	int fd = ring_run();
+	printf("socket %s\n", fd >= 0 ? "OK" : strerror(-fd));
+	return 0;
+}
+
 /* packet-socket: an AF_PACKET socket (sends frames past every IP hook). */
 static int packet_socket(void)
 {
@@ -263,6 +318,14 @@ int main(int argc, char **argv)
 		return pidfd_getfd(argv);
 	if (!strcmp(mode, "packet-socket"))
 		return packet_socket();
+	if (!strcmp(mode, "share-files"))
+		return share_files();
+	if (!strcmp(mode, "vfork-deny"))
+		return vfork_deny();
+	if (!strcmp(mode, "uring-openat") && argc == 3)
+		return uring_openat(argv);
+	if (!strcmp(mode, "uring-socket") && argc == 4)
+		return uring_socket(argv);
 	fprintf(stderr, "unknown mode or arguments\n");
 	return 2;
 }
