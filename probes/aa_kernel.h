@@ -154,6 +154,15 @@ struct io_socket {
 	int domain;
 	int type;
 	int protocol;
+	__u32 file_slot;
+} AA_CORE;
+
+struct io_accept {
+	__u32 file_slot;
+} AA_CORE;
+
+struct io_msg {
+	__u32 cmd; /* IORING_MSG_DATA 0, IORING_MSG_SEND_FD 1 */
 } AA_CORE;
 
 #endif

@@ -71,6 +71,8 @@
 #define AA_SYSCALL_WORK_TRACEPOINT (1UL << 1)
 
 #define AA_NR_OPEN 2
+#define AA_NR_IOCTL 16
+#define AA_NR_FCNTL 72
 #define AA_NR_KILL 62
 #define AA_NR_RENAME 82
 #define AA_NR_UNLINK 87
@@ -572,6 +574,24 @@ __attribute__((noinline)) int aa_names_pin(__u64 path, int kernel)
 		if (buffer[(start + i) & (AA_PATH_BUFFER - 1)] != prefix[i])
 			return 0;
 	return 1;
+}
+
+/* Whether an unlink or rename (syscall `nr` with arguments `regs`) names
+ * one of the loader's pins. */
+static __always_inline int aa_touches_pins(long nr, struct pt_regs *regs)
+{
+	switch (nr) {
+	case AA_NR_UNLINK:
+		return aa_names_pin(regs->di, 0);
+	case AA_NR_UNLINKAT:
+		return aa_names_pin(regs->si, 0);
+	case AA_NR_RENAME:
+		return aa_names_pin(regs->di, 0) || aa_names_pin(regs->si, 0);
+	case AA_NR_RENAMEAT:
+	case AA_NR_RENAMEAT2:
+		return aa_names_pin(regs->si, 0) || aa_names_pin(regs->r10, 0);
+	}
+	return 0;
 }
 
 #endif

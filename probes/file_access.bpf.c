@@ -2,11 +2,13 @@
  * just opened, by what the kernel actually opened (never by the path
  * string, which another thread could change).
  *
- * Today it refuses one thing: another process's memory (/proc/PID/mem,
- * environ, auxv, pagemap of a process that is not confined too). With
- * only openat and pwrite64 a confined task could otherwise overwrite an
- * unconfined process's code. The file's private data is the target's
- * mm_struct, whose owner names the target process.
+ * Today it refuses another process's memory (/proc/PID/mem, environ,
+ * auxv, pagemap of a process that is not confined too): with only openat
+ * and pwrite64 a confined task could otherwise overwrite an unconfined
+ * process's code. The file's private data is the target's mm_struct, whose
+ * owner names the target process. It also re-checks a successful unlink or
+ * rename for the loader's pins, whose name the guard may not have been
+ * able to read at entry (a page not faulted in yet).
  *
  * Why sys_exit: the fd is known only when the open has returned, and lsm
  * programs are refused on this kernel family. The kill lands before the
@@ -70,8 +72,16 @@ static __attribute__((noinline)) int check_opened(struct pt_regs *regs, long ret
 	if (!mark || ret < 0)
 		return 0;
 	long nr = regs->orig_ax;
-	if (is_open(nr))
+	if (is_open(nr)) {
 		check_file(task, mark, ret, nr, 0);
+		return 0;
+	}
+	/* The guard read the name at entry; a name in a page not yet faulted in
+	 * could not be read then, and can now (the kernel read it). */
+	if (ret == 0 && aa_touches_pins(nr, regs)) {
+		struct aa_generation *gen = aa_active_generation();
+		aa_deny_task(task, mark, gen ? gen->mode : AA_MODE_ENFORCE, nr, 0, AA_REASON_PIN, 0);
+	}
 	return 0;
 }
 

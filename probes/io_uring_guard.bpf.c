@@ -45,14 +45,22 @@ int io_uring_guard(unsigned long long *ctx)
 		aa_deny_task(task, mark, gen->mode, nr, 0, AA_REASON_IO_URING_OP, opcode);
 		return 0;
 	}
-	/* An open into a direct descriptor never shows up as an fd, so the
-	 * file it opened could not be judged (file_access checks fds). */
-	if (opcode == 18 /* IORING_OP_OPENAT */ || opcode == 28 /* IORING_OP_OPENAT2 */) {
-		struct io_open *open = (struct io_open *)&req->cmd;
-		if (BPF_CORE_READ(open, file_slot)) {
-			aa_deny_task(task, mark, gen->mode, nr, 0, AA_REASON_IO_URING_DIRECT, opcode);
-			return 0;
-		}
+	/* A file that goes into a direct descriptor never shows up as an fd,
+	 * so what was opened, made or accepted could not be judged (file_access
+	 * checks fds); and MSG_RING's SEND_FD hands a direct descriptor to
+	 * another ring. */
+	__u32 direct = 0;
+	if (opcode == 18 /* IORING_OP_OPENAT */ || opcode == 28 /* IORING_OP_OPENAT2 */)
+		direct = BPF_CORE_READ((struct io_open *)&req->cmd, file_slot);
+	else if (opcode == 45 /* IORING_OP_SOCKET */)
+		direct = BPF_CORE_READ((struct io_socket *)&req->cmd, file_slot);
+	else if (opcode == 13 /* IORING_OP_ACCEPT */)
+		direct = BPF_CORE_READ((struct io_accept *)&req->cmd, file_slot);
+	else if (opcode == 40 /* IORING_OP_MSG_RING */)
+		direct = BPF_CORE_READ((struct io_msg *)&req->cmd, cmd) == 1 /* SEND_FD */;
+	if (direct) {
+		aa_deny_task(task, mark, gen->mode, nr, 0, AA_REASON_IO_URING_DIRECT, opcode);
+		return 0;
 	}
 	/* Unlink and rename of the loader's pins, by the kernel's own copy of
 	 * the names (taken when the request was prepared). */

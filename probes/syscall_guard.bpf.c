@@ -32,27 +32,12 @@
  *   altogether;
  * - no signal (other than 0) to the loader holding the pin dir (the daemon
  *   or `exec`): by any of its thread ids, by a pidfd, by its process group,
- *   or to every process (kill -1). With the loader gone the pins alone
- *   would hold the hooks.
+ *   or to every process (kill -1); nor the loader as a file's SIGIO/SIGURG
+ *   owner (fcntl F_SETOWN/F_SETOWN_EX, ioctl FIOSETOWN/SIOCSPGRP). With the
+ *   loader gone the pins alone would hold the hooks. Like every check
+ *   here this is a tripwire: the denied call itself runs.
  */
 #include "aa_policy.h"
-
-/* Whether an unlink or rename names one of the loader's pins. */
-static __always_inline int touches_pins(long nr, struct pt_regs *regs)
-{
-	switch (nr) {
-	case AA_NR_UNLINK:
-		return aa_names_pin(regs->di, 0);
-	case AA_NR_UNLINKAT:
-		return aa_names_pin(regs->si, 0);
-	case AA_NR_RENAME:
-		return aa_names_pin(regs->di, 0) || aa_names_pin(regs->si, 0);
-	case AA_NR_RENAMEAT:
-	case AA_NR_RENAMEAT2:
-		return aa_names_pin(regs->si, 0) || aa_names_pin(regs->r10, 0);
-	}
-	return 0;
-}
 
 /* The number (loader's PID namespace) of the task behind pidfd `fd`, or -1. */
 static __always_inline long pidfd_target(struct task_struct *task, long fd)
@@ -109,6 +94,43 @@ static __always_inline int reaches_outside(struct task_struct *task, struct pt_r
 	return second != 0 && (second < 0 || !aa_process_confined(second));
 }
 
+/* For fcntl(F_SETOWN, F_SETOWN_EX) and ioctl(FIOSETOWN, SIOCSPGRP): the
+ * owner being set (a pid, or -pgid for a process group) in `target`;
+ * returns 0 for any other call. An owner that cannot be read from the
+ * caller's memory counts as every process (-1 is refused). */
+static __always_inline int io_owner(struct pt_regs *regs, long nr, long *target)
+{
+	int owner = 0;
+	if (nr == AA_NR_FCNTL) {
+		int cmd = (int)regs->si;
+		if (cmd == 8 /* F_SETOWN */) {
+			*target = (int)regs->dx;
+			return 1;
+		}
+		if (cmd != 15 /* F_SETOWN_EX */)
+			return 0;
+		struct {
+			int type;
+			int pid;
+		} owner_ex;
+		if (bpf_probe_read_user(&owner_ex, sizeof(owner_ex), (const void *)regs->dx)) {
+			*target = -1;
+			return 1;
+		}
+		*target = owner_ex.type == 2 /* F_OWNER_PGRP */ ? -(long)owner_ex.pid : owner_ex.pid;
+		return 1;
+	}
+	unsigned int cmd = (unsigned int)regs->si;
+	if (cmd != 0x8901 /* FIOSETOWN */ && cmd != 0x8902 /* SIOCSPGRP */)
+		return 0;
+	if (bpf_probe_read_user(&owner, sizeof(owner), (const void *)regs->dx)) {
+		*target = -1;
+		return 1;
+	}
+	*target = owner;
+	return 1;
+}
+
 /* Whether a signal-sending call would signal the loader; `target` gets the
  * number it names. */
 static __always_inline int signals_loader(struct task_struct *task, struct pt_regs *regs, long nr,
@@ -140,6 +162,16 @@ static __always_inline int signals_loader(struct task_struct *task, struct pt_re
 	case AA_NR_PIDFD_SEND_SIGNAL:
 		*target = pidfd_target(task, (int)regs->di);
 		return (int)regs->si != 0 && *target > 0 && aa_is_loader(*target);
+	case AA_NR_FCNTL:
+	case AA_NR_IOCTL:
+		/* Who receives SIGIO/SIGURG from a file: the signal comes later, so
+		 * the owner is judged when it is set. 0 clears it. */
+		if (!io_owner(regs, nr, target))
+			return 0;
+		if (*target == 0)
+			return 0;
+		sig = 1;
+		break;
 	default:
 		return 0;
 	}
@@ -149,9 +181,9 @@ static __always_inline int signals_loader(struct task_struct *task, struct pt_re
 		return 0;
 	if (*target > 0)
 		return aa_is_loader(*target);
-	if (nr != AA_NR_KILL)
+	if (nr != AA_NR_KILL && nr != AA_NR_FCNTL && nr != AA_NR_IOCTL)
 		return 0;
-	if (*target == -1)
+	if (*target == -1 && nr == AA_NR_KILL)
 		return 1; /* every process the caller may signal */
 	__u32 zero = 0;
 	struct aa_config *config = bpf_map_lookup_elem(&CONFIG, &zero);
@@ -197,7 +229,7 @@ static __attribute__((noinline)) int guard_slow(struct pt_regs *regs, long id, _
 		 !aa_socket_family_allowed((int)regs->di, (int)regs->si)) {
 		reason = AA_REASON_SOCKET_FAMILY;
 		target = (int)regs->di;
-	} else if (touches_pins(id, regs))
+	} else if (aa_touches_pins(id, regs))
 		reason = AA_REASON_PIN;
 	else if (reaches_outside(task, regs, id, &target))
 		reason = AA_REASON_PTRACE_TARGET;

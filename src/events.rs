@@ -267,7 +267,7 @@ impl fmt::Display for DenyReason {
             ),
             DenyReason::IoUringDirect { opcode } => write!(
                 f,
-                "io_uring request {} opens into a direct descriptor, which cannot be checked",
+                "io_uring request {} puts a file into a direct descriptor (or passes one), which cannot be checked",
                 io_uring_ops::name(*opcode).map_or_else(|| format!("#{opcode}"), str::to_owned)
             ),
         }
@@ -568,7 +568,7 @@ mod tests {
             (
                 abi::REASON_IO_URING_DIRECT,
                 18,
-                "OPENAT opens into a direct descriptor",
+                "OPENAT puts a file into a direct descriptor",
             ),
         ];
         for (reason, detail, words) in cases {

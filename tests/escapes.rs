@@ -379,6 +379,17 @@ fn egress_around_the_cgroup_hooks_is_refused() {
         &[&escape, "uring-socket", "17", "3"],
     );
     assert_eq!(out.code, Some(KILLED), "{}{}", out.stdout, out.stderr);
+    // A socket made straight into a direct descriptor never becomes an fd.
+    let out = exec_with_policy(
+        "egress_ring_direct",
+        &policy(
+            &["io_uring_setup", "io_uring_enter", "io_uring_register"],
+            "127.0.0.0/8",
+        ),
+        &[&escape, "uring-socket-direct"],
+    );
+    assert_eq!(out.code, Some(KILLED), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("direct descriptor"), "{}", out.stderr);
     let out = exec_with_policy(
         "egress_vsock",
         &policy(&[], "127.0.0.0/8"),
@@ -543,6 +554,24 @@ fn removing_the_pins_detaches_nothing_and_the_daemon_puts_them_back() {
         "{}",
         daemon.log()
     );
+    // A name the guard cannot read at entry (a page not faulted in yet) is
+    // read again when the call returns.
+    let escape = escape_helper("pins_removed").expect("escape helper");
+    let cold = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+        .args(["exec", "--socket"])
+        .arg(&daemon.socket)
+        .arg("--")
+        .arg(&escape)
+        .arg("unlink-cold")
+        .arg(pins.link("task_exec"))
+        .output()
+        .expect("run unlink-cold confined");
+    assert_eq!(
+        cold.status.code(),
+        Some(KILLED),
+        "{}",
+        String::from_utf8_lossy(&cold.stdout)
+    );
     // Removed from outside the confinement (root, unconfined), nothing is
     // detached either, and the pin comes back.
     std::fs::remove_file(pins.link("egress_connect4")).expect("remove a pin");
@@ -614,6 +643,23 @@ fn removing_the_pins_detaches_nothing_and_the_daemon_puts_them_back() {
     );
     drop(keeper);
 }
+
+/// A control-socket client that says hello, waits for a line on stdin, then
+/// asks the daemon to release itself.
+const EARLY_CLIENT: &str = r#"
+import json, os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+def call(request):
+    data = json.dumps(request).encode()
+    s.sendall(struct.pack(">I", len(data)) + data)
+    size = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+    return json.loads(s.recv(size, socket.MSG_WAITALL))
+call({"request": "hello", "version": 1})
+print("ready", flush=True)
+sys.stdin.readline()
+print(json.dumps(call({"request": "release", "pid": os.getpid()})), flush=True)
+"#;
 
 /// Detaches the link pinned at argv[1] (BPF_OBJ_GET, then BPF_LINK_DETACH).
 const DETACH_LINK: &str = r#"
@@ -817,11 +863,52 @@ fn the_loader_and_the_control_socket_are_out_of_reach_from_inside() {
         ),
     ]);
     assert_eq!(pidfd.status.code(), Some(KILLED), "by pidfd");
+    // Nor as the receiver of a file's SIGIO (the signal would come later).
+    let owner = confined(&[
+        "python3",
+        "-c",
+        &format!(
+            "import fcntl, os; r, w = os.pipe(); fcntl.fcntl(r, fcntl.F_SETOWN, {pid}); print('survived')"
+        ),
+    ]);
+    assert_eq!(owner.status.code(), Some(KILLED), "F_SETOWN");
     assert!(support::process_alive_by_pid(pid));
     assert!(
         daemon
             .log()
             .contains("the loader that keeps the confinement attached")
+    );
+
+    // A connection made before the process was confined is checked again
+    // at every request.
+    let mut early = Plain(
+        Command::new("python3")
+            .args(["-c", EARLY_CLIENT])
+            .arg(&daemon.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the early client"),
+    );
+    let mut lines = std::io::BufReader::new(early.0.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut line).expect("ready");
+    assert_eq!(line.trim(), "ready");
+    let early_pid = early.0.id();
+    match daemon
+        .client()
+        .request(&Request::Confine { pid: early_pid })
+    {
+        Ok(Response::Done) => {}
+        other => panic!("confine the early client: {other:?}"),
+    }
+    std::io::Write::write_all(early.0.stdin.as_mut().expect("stdin"), b"go\n").expect("go");
+    line.clear();
+    std::io::BufRead::read_line(&mut lines, &mut line).expect("reply");
+    assert!(line.contains("a confined process"), "{line}");
+    assert!(
+        daemon.status().confined.contains(&early_pid),
+        "it did not release itself"
     );
 
     // The standalone `exec` is the loader too.

@@ -6,6 +6,7 @@
 //! malformed or oversize frame ends only that connection, and `status` is
 //! served from the published snapshot without queueing behind a reload.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -171,26 +172,29 @@ async fn read_request(
     }
 }
 
-/// Why a peer may not use the socket, if it may not.
-fn refusal(stream: &UnixStream, peer: &Peer, context: &ServerContext) -> Option<String> {
-    if !peer.authorized(context.group) {
-        return Some(format!(
-            "permission denied: uid {} is neither root nor a member of group {CONTROL_GROUP}",
-            peer.uid
-        ));
-    }
-    // Fails closed: a peer that cannot be told apart is refused.
-    let confined = peer_pidfd(stream, peer)
-        .and_then(|pidfd| context.marks.is_marked(&pidfd))
-        .unwrap_or(true);
-    confined.then(|| {
-        "permission denied: a confined process (or one that cannot be checked) may not use the control socket".to_owned()
-    })
+const CONFINED_PEER: &str = "permission denied: a confined process (or one that cannot be checked) may not use the control socket";
+
+/// Whether the peer behind `pidfd` is confined; fails closed (a peer that
+/// cannot be told apart counts as confined).
+fn peer_confined(pidfd: Option<&OwnedFd>, context: &ServerContext) -> bool {
+    pidfd.is_none_or(|pidfd| context.marks.is_marked(pidfd).unwrap_or(true))
 }
 
 async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), String> {
     let peer = Peer::of(&stream).map_err(|e| format!("reading peer credentials: {e}"))?;
-    let refused = refusal(&stream, &peer, context);
+    // Held for the connection's life: the process may be confined after it
+    // connected, so it is checked again at every request.
+    let pidfd = peer_pidfd(&stream, &peer).ok();
+    let refused = if !peer.authorized(context.group) {
+        Some(format!(
+            "permission denied: uid {} is neither root nor a member of group {CONTROL_GROUP}",
+            peer.uid
+        ))
+    } else if peer_confined(pidfd.as_ref(), context) {
+        Some(CONFINED_PEER.to_owned())
+    } else {
+        None
+    };
     let (mut reader, mut writer) = stream.into_split();
     let mut decoder = FrameDecoder::default();
     if let Some(message) = refused {
@@ -242,6 +246,13 @@ async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), Strin
                 }
                 _ => return send(&mut writer, &error("the first request must be hello")).await,
             }
+        }
+        if peer_confined(pidfd.as_ref(), context) {
+            tracing::warn!(
+                pid = peer.pid,
+                "refused a request from a process confined after it connected"
+            );
+            return send(&mut writer, &error(CONFINED_PEER)).await;
         }
         let response = match request {
             Request::Hello { .. } => error("hello was already done"),

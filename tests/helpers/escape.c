@@ -288,6 +288,35 @@ static int uring_socket(char **argv)
 	return 0;
 }
 
+/* uring-socket-direct: a socket made straight into a direct descriptor. */
+static int uring_socket_direct(void)
+{
+	ring_setup(0);
+	int files[1] = { -1 };
+	io_uring_register_files(&ring, files, 1);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+	io_uring_prep_socket_direct(sqe, AF_INET, SOCK_DGRAM, 0, 0, 0);
+	int res = ring_run();
+	printf("socket direct %d\n", res);
+	return 0;
+}
+
+/* unlink-cold PATH: unlinks PATH with the name in a page of a file
+ * mapping that was never touched, so it cannot be read without a fault. */
+static int unlink_cold(char **argv)
+{
+	char template[] = "/tmp/escape-cold-XXXXXX";
+	int fd = mkstemp(template);
+	if (fd < 0 || write(fd, argv[2], strlen(argv[2]) + 1) < 0)
+		return 2;
+	const char *name = mmap(0, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+	unlink(template);
+	if (name == MAP_FAILED)
+		return 2;
+	printf("unlink %d\n", unlink(name));
+	return 0;
+}
+
 /* packet-socket: an AF_PACKET socket (sends frames past every IP hook). */
 static int packet_socket(void)
 {
@@ -326,6 +355,10 @@ int main(int argc, char **argv)
 		return uring_openat(argv);
 	if (!strcmp(mode, "uring-socket") && argc == 4)
 		return uring_socket(argv);
+	if (!strcmp(mode, "uring-socket-direct"))
+		return uring_socket_direct();
+	if (!strcmp(mode, "unlink-cold") && argc == 3)
+		return unlink_cold(argv);
 	fprintf(stderr, "unknown mode or arguments\n");
 	return 2;
 }
