@@ -1,11 +1,12 @@
 //! Kernel-side costs, measured side by side in one run (root only):
 //!
 //! 1. ns per `getppid()` for a worker process under five setups, in
-//!    interleaved rounds, reporting medians: nothing attached; an empty
-//!    program on the same hook (the floor); the guard attached but the
-//!    worker not confined; the worker confined and the syscall allowed; a
-//!    seccomp allow-all filter. Targets: unconfined within 3 ns of the floor;
-//!    nothing confined = hooks detached = baseline.
+//!    interleaved rounds, reporting medians: nothing attached; empty
+//!    programs on the same hooks, sys_enter and sys_exit (the floor); every
+//!    hook attached but the worker not confined; the worker confined and the
+//!    syscall allowed; a seccomp allow-all filter. Targets: unconfined
+//!    within a few ns of the floor; nothing confined = hooks detached =
+//!    baseline.
 //! 2. apply cost of a one-op delta vs a delta replacing 10k egress entries,
 //!    with the map-op counts.
 //!
@@ -76,7 +77,7 @@ enum Setup {
 
 const SETUPS: [(Setup, &str); 5] = [
     (Setup::Nothing, "nothing attached (baseline)"),
-    (Setup::Floor, "empty program on sys_enter (floor)"),
+    (Setup::Floor, "empty programs on sys_enter+exit (floor)"),
     (
         Setup::GuardUnconfined,
         "guard attached, caller not confined",
@@ -94,14 +95,17 @@ fn hot_path(loader: &mut KernelLoader) {
         .btf(Some(&btf))
         .load(FLOOR_OBJ)
         .expect("load floor");
-    let floor_prog: &mut BtfTracePoint = floor
-        .program_mut("bench_floor")
-        .expect("floor program")
-        .try_into()
-        .expect("tp_btf");
-    floor_prog
-        .load("sys_enter", &btf)
-        .expect("load floor program");
+    for (program, tracepoint) in [
+        ("bench_floor", "sys_enter"),
+        ("bench_floor_exit", "sys_exit"),
+    ] {
+        let prog: &mut BtfTracePoint = floor
+            .program_mut(program)
+            .expect("floor program")
+            .try_into()
+            .expect("tp_btf");
+        prog.load(tracepoint, &btf).expect("load floor program");
+    }
 
     let dir = tempfile::tempdir().expect("temp dir");
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); SETUPS.len()];
@@ -109,10 +113,21 @@ fn hot_path(loader: &mut KernelLoader) {
         for (index, (setup, _)) in SETUPS.iter().enumerate() {
             let out = dir.path().join(format!("r{round}-{index}"));
             loader.detach_hooks().expect("detach");
-            let floor_link = if *setup == Setup::Floor {
-                Some(floor_prog.attach().expect("attach floor"))
+            let floor_links: Vec<_> = if *setup == Setup::Floor {
+                ["bench_floor", "bench_floor_exit"]
+                    .iter()
+                    .map(|program| {
+                        let prog: &mut BtfTracePoint = floor
+                            .program_mut(program)
+                            .expect("floor program")
+                            .try_into()
+                            .expect("tp_btf");
+                        let id = prog.attach().expect("attach floor");
+                        prog.take_link(id).expect("floor link")
+                    })
+                    .collect()
             } else {
-                None
+                Vec::new()
             };
             if *setup == Setup::GuardUnconfined {
                 loader.attach_hooks().expect("attach hooks");
@@ -134,9 +149,7 @@ fn hot_path(loader: &mut KernelLoader) {
                     read_ns(&out)
                 }
             };
-            if let Some(link) = floor_link {
-                floor_prog.detach(link).expect("detach floor");
-            }
+            drop(floor_links);
             samples[index].push(ns);
         }
     }
