@@ -60,7 +60,7 @@ fn run(pin_dir: &Path) {
     let rules = lower(&policy, Arch::native()).rules;
     let applied = loader.applied().expect("applied");
     loader
-        .apply(&diff(&applied.rules, &rules))
+        .apply(&diff(&applied.rules, &rules), None)
         .expect("apply default policy");
     hot_path(&mut loader);
     apply_cost(&mut loader, &rules);
@@ -189,7 +189,7 @@ fn apply_cost(loader: &mut KernelLoader, base: &RuleSet) {
         let applied = loader.applied().expect("applied").rules;
         let delta = diff(&applied, target);
         let start = Instant::now();
-        let report = loader.apply(&delta).expect("apply");
+        let report = loader.apply(&delta, None).expect("apply");
         (
             start.elapsed().as_secs_f64() * 1e3,
             delta.len(),

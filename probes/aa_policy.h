@@ -134,6 +134,7 @@ struct aa_generation {
 	__u32 write_restricted;
 	__u32 _pad;
 	__u64 syscall_allow[AA_SYSCALL_BITMAP_WORDS];
+	__u8 policy_sha256[32]; /* the policy text this generation came from (status; 0: unknown) */
 };
 
 /* TASK_MARK value: present means "this task is confined". */
@@ -304,6 +305,24 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } LOADER_TIDS SEC(".maps");
+
+/* PENDING: confines in progress, written by the loader before it stops a
+ * process and removed when it is done. A loader that finds an entry at
+ * open (its predecessor was killed mid-confine) undoes that confine: the
+ * process is continued if it was stopped for it, unmarked and dropped from
+ * the registry. Key: pid (loader's namespace). No probe reads it. */
+struct aa_pending {
+	__u64 start_time;        /* /proc/PID/stat starttime: the process's identity */
+	__u32 stopped_by_loader; /* 1: the loader sent the SIGSTOP */
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct aa_pending);
+} PENDING SEC(".maps");
 
 /* IO_URING_OPS[opcode]: the syscall an io_uring request stands for (filled
  * by the loader); -2: none, judged by io_uring_enter alone; -1 or missing:

@@ -29,8 +29,10 @@ cat > "$layout/layout.c" <<'C'
 int main(void)
 {
 	SIZE(aa_generation); OFF(aa_generation, mode); OFF(aa_generation, syscall_allow);
+	OFF(aa_generation, policy_sha256);
 	SIZE(aa_task_mark); OFF(aa_task_mark, guarded); SIZE(aa_confined);
 	SIZE(aa_config); OFF(aa_config, loader_pgid);
+	SIZE(aa_pending); OFF(aa_pending, stopped_by_loader);
 	SIZE(aa_egress4_key); OFF(aa_egress4_key, port); OFF(aa_egress4_key, addr);
 	SIZE(aa_egress6_key); OFF(aa_egress6_key, addr);
 	SIZE(aa_rule_value); OFF(aa_rule_value, slots); OFF(aa_rule_value, allow); OFF(aa_rule_value, deny);

@@ -15,7 +15,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::control::server::{self, BindError, ServerContext};
+use crate::control::server::{self, BindError, ServerContext, SocketClaim};
 use crate::control::wire::WireEvent;
 use crate::events::{self, EventKind, RateLimitedLog};
 use crate::lifecycle;
@@ -60,6 +60,9 @@ const SUBSCRIBER_BACKLOG: usize = 4096;
 const EVENTS_LOGGED_PER_SECOND: u32 = 200;
 
 pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
+    lifecycle::raise_open_file_limit();
+    // Before anything is created: a daemon refused here leaves nothing.
+    let claim = SocketClaim::take(&options.socket)?;
     let mut loader = KernelLoader::open(&options.pin_dir)?;
     let ring = loader.take_events();
     let mut reconciler = Reconciler::new(loader, &options.policy, options.watch)?;
@@ -78,6 +81,7 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
     } else {
         None
     };
+    reconciler.retry_with(commands.clone());
     reconciler.start()?;
     let status = reconciler.status_handle();
     let _pin_watch = {
@@ -120,12 +124,12 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
         })?;
     let result = runtime.block_on(serve_until_signalled(
         options,
+        claim,
         commands.clone(),
         status,
         events,
     ));
     lifecycle::stopping();
-    let _ = std::fs::remove_file(&options.socket);
     let (reply, done) = oneshot::channel();
     if commands.send(Command::Shutdown { reply }).is_ok() {
         // The loop finishes the reload in flight before it answers.
@@ -137,6 +141,7 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
 
 async fn serve_until_signalled(
     options: &RunOptions,
+    mut claim: SocketClaim,
     commands: mpsc::UnboundedSender<Command>,
     status: Arc<arc_swap::ArcSwap<crate::control::wire::StatusReport>>,
     events: broadcast::Sender<WireEvent>,
@@ -148,13 +153,14 @@ async fn serve_until_signalled(
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_err)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_err)?;
-    let (listener, group) = server::bind(&options.socket)?;
+    let (listener, group) = claim.bind()?;
     let context = Arc::new(ServerContext {
         commands: commands.clone(),
         status: Arc::clone(&status),
         events,
         group,
         marks: MarkReader::open(&options.pin_dir)?,
+        connections: std::sync::atomic::AtomicUsize::new(0),
     });
     let summary = {
         let status = status.load();
@@ -183,6 +189,7 @@ async fn serve_until_signalled(
         }
     }
     server.abort();
+    drop(claim); // removes the socket, if it is still ours
     Ok(())
 }
 
@@ -195,7 +202,11 @@ fn read_events(
     events: &broadcast::Sender<WireEvent>,
     commands: &mpsc::UnboundedSender<Command>,
 ) {
-    let mut log = RateLimitedLog::new(EVENTS_LOGGED_PER_SECOND);
+    let dropped_before = drops
+        .as_ref()
+        .and_then(kernel::PinnedCounters::event_drops)
+        .unwrap_or(0);
+    let mut log = RateLimitedLog::new(EVENTS_LOGGED_PER_SECOND, dropped_before);
     let exit_queued = Arc::new(AtomicBool::new(false));
     loop {
         let mut exited = false;

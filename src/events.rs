@@ -453,13 +453,15 @@ pub struct RateLimitedLog {
 }
 
 impl RateLimitedLog {
-    pub fn new(per_second: u32) -> Self {
+    /// `kernel_drops`: the probes' running total of drops now (the counter
+    /// outlives a restart, and what was lost before is not this run's news).
+    pub fn new(per_second: u32, kernel_drops: u64) -> Self {
         RateLimitedLog {
             per_second,
             window_start: std::time::Instant::now(),
             logged: 0,
             suppressed: 0,
-            kernel_drops: 0,
+            kernel_drops,
         }
     }
 

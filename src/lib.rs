@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod delta;
 pub mod events;
+pub mod fault;
 pub mod guard;
 pub mod lifecycle;
 pub mod loader;

@@ -1,4 +1,5 @@
-//! Telling systemd where the daemon is in its life (sd_notify).
+//! Telling systemd where the daemon is in its life (sd_notify), and the
+//! process limits it starts with.
 //!
 //! Why this exists: with `Type=notify`, `systemctl start` returns only once
 //! the policy is enforced (`READY=1`), `systemctl reload` waits for the
@@ -34,4 +35,27 @@ pub fn reloaded(status: &str) {
 
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+/// Raises the soft limit on open files to the hard one: every confined
+/// process the daemon checks holds a pidfd, every client a socket, and a
+/// reload that fails for want of a descriptor leaves a save unapplied.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit fill and read a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!(
+                    "could not raise the open-file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }

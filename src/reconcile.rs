@@ -31,7 +31,7 @@ use crate::delta::{Delta, diff};
 use crate::guard;
 use crate::lifecycle;
 use crate::loader::kernel::KernelLoader;
-use crate::loader::{Loader, LoaderError};
+use crate::loader::{Loader, LoaderError, PolicyDigest};
 use crate::lower::{RuleCounts, lower};
 use crate::policy::Policy;
 use crate::ruleset::{Arch, RuleSet};
@@ -48,6 +48,9 @@ pub enum Trigger {
     Signal,
     /// The slow periodic hash check.
     Periodic,
+    /// A reload that failed for want of resources (descriptors, memory) or
+    /// in the kernel, tried again after a pause.
+    Retry,
     /// A delta sent by a remote watcher (`aa-policyd watch`).
     Remote,
 }
@@ -60,6 +63,7 @@ impl Trigger {
             Trigger::Rescan => "rescan",
             Trigger::Signal => "sighup",
             Trigger::Periodic => "periodic-check",
+            Trigger::Retry => "retry",
             Trigger::Remote => "remote-watcher",
         }
     }
@@ -102,6 +106,11 @@ pub enum Command {
     },
 }
 
+/// The first pause before a failed reload is tried again; it doubles up to
+/// `LAST_RETRY`.
+const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const LAST_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The last policy text that was applied.
 struct GoodPolicy {
     sha256: String,
@@ -113,6 +122,13 @@ pub struct Reconciler {
     loader: KernelLoader,
     policy_path: PathBuf,
     good: Option<GoodPolicy>,
+    /// The policy digest the kernel recorded with the generation in force
+    /// when this daemon started.
+    kernel_policy: Option<PolicyDigest>,
+    /// Where retries of failed reloads are sent (the loop's own queue).
+    retry: Option<mpsc::UnboundedSender<Command>>,
+    retry_delay: std::time::Duration,
+    retry_queued: Arc<AtomicBool>,
     rules: RuleSet,
     generation: u64,
     last_reload: Option<ReloadRecord>,
@@ -136,10 +152,23 @@ fn now_unix_ms() -> u64 {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes).into())
+}
+
+fn hex(digest: &PolicyDigest) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The digest a sha256 written in hex stands for.
+fn digest_of_hex(text: &str) -> Option<PolicyDigest> {
+    let mut digest = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (index, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * index..2 * index + 2)?, 16).ok()?;
+    }
+    Some(digest)
 }
 
 impl Reconciler {
@@ -153,7 +182,7 @@ impl Reconciler {
         let status = Arc::new(ArcSwap::from_pointee(StatusReport {
             generation: applied.generation,
             policy_path: policy_path.display().to_string(),
-            policy_sha256: None,
+            policy_sha256: applied.policy.as_ref().map(hex),
             mode: applied.rules.mode,
             counts: RuleCounts::of(&applied.rules),
             confined: Vec::new(),
@@ -169,6 +198,10 @@ impl Reconciler {
             loader,
             policy_path: policy_path.to_owned(),
             good: None,
+            kernel_policy: applied.policy,
+            retry: None,
+            retry_delay: FIRST_RETRY,
+            retry_queued: Arc::new(AtomicBool::new(false)),
             rules: applied.rules,
             generation: applied.generation,
             last_reload: None,
@@ -210,6 +243,16 @@ impl Reconciler {
             match command {
                 Command::Reload(trigger) => {
                     self.reload(trigger);
+                }
+                // A client that gave up waiting was told the request failed:
+                // it must not be carried out later.
+                Command::Confine { reply, .. } | Command::Release { reply, .. }
+                    if reply.is_closed() =>
+                {
+                    tracing::warn!("dropped a confine or release whose client gave up waiting");
+                }
+                Command::ApplyRemote { reply, .. } if reply.is_closed() => {
+                    tracing::warn!("dropped a remote delta whose client gave up waiting");
                 }
                 Command::Confine { pid, reply } => {
                     let result = self.loader.confine(pid).map_err(|e| e.to_string());
@@ -263,6 +306,35 @@ impl Reconciler {
         self.shut_down();
     }
 
+    /// Asks for the reload again after a pause that doubles up to
+    /// `LAST_RETRY`, unless a retry is already on its way.
+    fn schedule_retry(&mut self) {
+        let Some(commands) = self.retry.clone() else {
+            return;
+        };
+        if self.retry_queued.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (delay, queued) = (self.retry_delay, Arc::clone(&self.retry_queued));
+        self.retry_delay = (self.retry_delay * 2).min(LAST_RETRY);
+        tracing::info!("trying the reload again in {} s", delay.as_secs());
+        let spawned = std::thread::Builder::new()
+            .name("reload-retry".into())
+            .spawn(move || {
+                std::thread::sleep(delay);
+                queued.store(false, Ordering::SeqCst);
+                let _ = commands.send(Command::Reload(Trigger::Retry));
+            });
+        if spawned.is_err() {
+            self.retry_queued.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Lets the loop ask itself for a reload again (failed reloads).
+    pub fn retry_with(&mut self, commands: mpsc::UnboundedSender<Command>) {
+        self.retry = Some(commands);
+    }
+
     /// Puts back hooks someone detached and pins someone removed (a
     /// removed pin stopped nothing: the loader holds every map and link).
     fn repair_pins(&mut self) {
@@ -304,6 +376,11 @@ impl Reconciler {
         let started = Instant::now();
         let bytes = match crate::policy::read_policy_file(&self.policy_path) {
             Ok(bytes) => bytes,
+            // Out of descriptors or memory says nothing about the file: the
+            // reload failed, and is tried again.
+            Err(error @ crate::policy::PolicyError::Resource { .. }) => {
+                return self.fail(trigger, started, Outcome::Failed, error.to_string(), 0);
+            }
             Err(error) => {
                 return self.fail(trigger, started, Outcome::Invalid, error.to_string(), 0);
             }
@@ -424,7 +501,7 @@ impl Reconciler {
             self.good = Some(good);
             return self.finish(trigger, started, Outcome::Unchanged, None, 0, 0, text_diff);
         }
-        match self.loader.apply(&delta) {
+        match self.loader.apply(&delta, digest_of_hex(&good.sha256)) {
             Ok(report) => {
                 let text_diff = self.text_diff(&good.text);
                 self.good = Some(good);
@@ -501,6 +578,11 @@ impl Reconciler {
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
         };
         self.log(&record, text_diff.as_deref());
+        match record.outcome {
+            Outcome::Failed => self.schedule_retry(),
+            Outcome::Applied | Outcome::Unchanged => self.retry_delay = FIRST_RETRY,
+            Outcome::Invalid | Outcome::Refused => {}
+        }
         // A quiet periodic check is not news; anything else is, including a
         // save that restores the policy in force after an invalid one.
         if !(trigger == Trigger::Periodic && outcome == Outcome::Unchanged) {
@@ -578,7 +660,13 @@ impl Reconciler {
         self.status.store(Arc::new(StatusReport {
             generation: self.generation,
             policy_path: self.policy_path.display().to_string(),
-            policy_sha256: self.good.as_ref().map(|g| g.sha256.clone()),
+            // The file this daemon applied, else what the kernel recorded
+            // with the generation in force (after a restart).
+            policy_sha256: self
+                .good
+                .as_ref()
+                .map(|g| g.sha256.clone())
+                .or_else(|| self.kernel_policy.as_ref().map(hex)),
             mode: self.rules.mode,
             counts: RuleCounts::of(&self.rules),
             confined,

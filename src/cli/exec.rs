@@ -16,12 +16,15 @@ use aa_policyd::lower::lower;
 use aa_policyd::policy::Policy;
 use aa_policyd::ruleset::Arch;
 use anyhow::Context;
+use sha2::Digest;
 
 use super::EXIT_INVALID;
 
 pub fn run(policy_path: &Path, pin_dir: &Path, argv: &[OsString]) -> anyhow::Result<ExitCode> {
-    let policy = match Policy::load(policy_path) {
-        Ok(policy) => policy,
+    let loaded = aa_policyd::policy::read_policy_file(policy_path)
+        .and_then(|bytes| Ok((Policy::parse_bytes(&bytes, policy_path)?, bytes)));
+    let (policy, bytes) = match loaded {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("{error}");
             return Ok(ExitCode::from(EXIT_INVALID));
@@ -31,7 +34,10 @@ pub fn run(policy_path: &Path, pin_dir: &Path, argv: &[OsString]) -> anyhow::Res
     let mut loader = KernelLoader::open(pin_dir).context("loading the probes")?;
     let applied = loader.applied()?;
     let delta = diff(&applied.rules, &desired);
-    let report = loader.apply(&delta).context("applying the policy")?;
+    let digest: aa_policyd::loader::PolicyDigest = sha2::Sha256::digest(&bytes).into();
+    let report = loader
+        .apply(&delta, Some(digest))
+        .context("applying the policy")?;
     tracing::info!(
         generation = report.generation,
         ops = delta.len(),

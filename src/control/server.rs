@@ -6,10 +6,11 @@
 //! malformed or oversize frame ends only that connection, and `status` is
 //! served from the published snapshot without queueing behind a reload.
 
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -35,6 +36,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const REFUSAL_GRACE: Duration = Duration::from_millis(500);
 /// How long the reconcile loop may take to answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections served at once; more are told so and closed, so that idle
+/// clients can never take the descriptors reloads and confines need.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// What every connection needs.
 pub struct ServerContext {
@@ -44,6 +48,17 @@ pub struct ServerContext {
     pub group: Option<u32>,
     /// Tells whether a peer is confined (it may not use the socket).
     pub marks: MarkReader,
+    /// Connections being served now.
+    pub connections: AtomicUsize,
+}
+
+/// Counts one served connection for as long as it lives.
+struct Served<'a>(&'a AtomicUsize);
+
+impl Drop for Served<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,29 +73,83 @@ pub enum BindError {
     },
 }
 
-/// Binds the socket: removes a stale one (nobody listening), refuses a live
-/// one, sets mode 0660 and group `aa-policy` when that group exists.
-pub fn bind(path: &Path) -> Result<(UnixListener, Option<u32>), BindError> {
-    let io = |context: String| move |source| BindError::Io { context, source };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
-    }
-    if path.exists() {
+/// The right to serve on one socket path, held for the daemon's life: an
+/// exclusive lock on `<socket>.lock`, taken before anything else is created,
+/// so a second daemon pointed at the same path is refused without touching
+/// the first one's socket or creating pins of its own.
+pub struct SocketClaim {
+    path: PathBuf,
+    _lock: std::fs::File,
+    /// (device, inode) of the socket this daemon bound, once bound.
+    bound: Option<(u64, u64)>,
+}
+
+impl SocketClaim {
+    /// Takes the claim, or says another daemon has the path.
+    pub fn take(path: &Path) -> Result<SocketClaim, BindError> {
+        let io = |context: String| move |source| BindError::Io { context, source };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(io(format!("creating {}", parent.display())))?;
+        }
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io(format!("opening {}", Path::new(&lock_path).display())))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(BindError::InUse(path.display().to_string()));
+        }
+        // A daemon that predates the lock file still answers on the socket.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(BindError::InUse(path.display().to_string()));
         }
-        std::fs::remove_file(path)
-            .map_err(io(format!("removing stale socket {}", path.display())))?;
+        Ok(SocketClaim {
+            path: path.to_owned(),
+            _lock: lock,
+            bound: None,
+        })
     }
-    let listener = UnixListener::bind(path).map_err(io(format!("binding {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(io(format!("chmod 0660 {}", path.display())))?;
-    let group = group_id(CONTROL_GROUP);
-    if let Some(gid) = group {
-        std::os::unix::fs::chown(path, Some(0), Some(gid))
-            .map_err(io(format!("chown root:{CONTROL_GROUP} {}", path.display())))?;
+
+    /// Binds the socket (a leftover file is stale: nobody holds the claim),
+    /// sets mode 0660 and group `aa-policy` when that group exists.
+    pub fn bind(&mut self) -> Result<(UnixListener, Option<u32>), BindError> {
+        let path = self.path.clone();
+        let io = |context: String| move |source| BindError::Io { context, source };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(format!("removing stale socket {}", path.display()))(e)),
+        }
+        let listener =
+            UnixListener::bind(&path).map_err(io(format!("binding {}", path.display())))?;
+        let metadata = std::fs::metadata(&path).map_err(io(format!("stat {}", path.display())))?;
+        self.bound = Some((metadata.dev(), metadata.ino()));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+            .map_err(io(format!("chmod 0660 {}", path.display())))?;
+        let group = group_id(CONTROL_GROUP);
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&path, Some(0), Some(gid))
+                .map_err(io(format!("chown root:{CONTROL_GROUP} {}", path.display())))?;
+        }
+        Ok((listener, group))
     }
-    Ok((listener, group))
+}
+
+impl Drop for SocketClaim {
+    /// Removes the socket, if it is still the one this daemon bound.
+    fn drop(&mut self) {
+        let ours =
+            std::fs::metadata(&self.path).is_ok_and(|m| Some((m.dev(), m.ino())) == self.bound);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Accepts connections forever.
@@ -89,7 +158,13 @@ pub async fn serve(listener: UnixListener, context: Arc<ServerContext>) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let context = Arc::clone(&context);
+                if context.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    context.connections.fetch_sub(1, Ordering::SeqCst);
+                    tokio::spawn(async move { refuse_busy(stream).await });
+                    continue;
+                }
                 tokio::spawn(async move {
+                    let _served = Served(&context.connections);
                     if let Err(error) = handle(stream, &context).await {
                         tracing::debug!("control connection ended: {error}");
                     }
@@ -101,6 +176,18 @@ pub async fn serve(listener: UnixListener, context: Arc<ServerContext>) {
             }
         }
     }
+}
+
+/// Tells a client over the connection limit why, then closes.
+async fn refuse_busy(stream: UnixStream) {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut decoder = FrameDecoder::default();
+    // Read its hello first, so it sees the reason rather than EPIPE.
+    let _ = timeout(REFUSAL_GRACE, read_frame(&mut reader, &mut decoder)).await;
+    let message = format!(
+        "the daemon is serving {MAX_CONNECTIONS} connections, its limit; try again shortly"
+    );
+    let _ = send(&mut writer, &error(message)).await;
 }
 
 async fn send(

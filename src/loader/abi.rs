@@ -74,6 +74,8 @@ pub struct Generation {
     pub write_restricted: u32,
     pub _pad: u32,
     pub syscall_allow: [u64; SYSCALL_WORDS],
+    /// The sha256 of the policy text this generation came from (0: unknown).
+    pub policy_sha256: [u8; 32],
 }
 
 /// `TASK_MARK` value.
@@ -95,6 +97,17 @@ pub struct LoaderConfig {
     pub pid_ns_inum: u32,
     /// The loader's process group, in that namespace.
     pub loader_pgid: u32,
+}
+
+/// `PENDING` value (key: pid): a confine in progress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pending {
+    /// `/proc/PID/stat` starttime, so a reused PID is never taken for it.
+    pub start_time: u64,
+    /// 1 when the loader sent the SIGSTOP (and must send the SIGCONT).
+    pub stopped_by_loader: u32,
+    pub _pad: u32,
 }
 
 /// `CONFINED` value (key: TGID).
@@ -168,6 +181,7 @@ unsafe impl aya::Pod for Generation {}
 unsafe impl aya::Pod for TaskMark {}
 unsafe impl aya::Pod for Confined {}
 unsafe impl aya::Pod for LoaderConfig {}
+unsafe impl aya::Pod for Pending {}
 unsafe impl aya::Pod for Egress4Data {}
 unsafe impl aya::Pod for Egress6Data {}
 unsafe impl aya::Pod for RuleValue {}
@@ -212,6 +226,10 @@ mod tests {
         expect(
             "aa_generation.syscall_allow",
             offset_of!(Generation, syscall_allow),
+        );
+        expect(
+            "aa_generation.policy_sha256",
+            offset_of!(Generation, policy_sha256),
         );
         expect("aa_task_mark", size_of::<TaskMark>());
         expect("aa_confined", size_of::<Confined>());

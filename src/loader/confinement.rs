@@ -18,7 +18,7 @@ use std::path::Path;
 
 use aya::maps::PerCpuValues;
 
-use super::abi::{Confined, TaskMark};
+use super::abi::{Confined, Pending, TaskMark};
 use super::kernel::KernelLoader;
 use super::maps::map_err;
 use super::rule_keys::remove_ignoring_missing;
@@ -45,6 +45,9 @@ impl MarkReader {
         sys::task_storage_contains::<TaskMark>(self.map.as_fd(), pidfd)
     }
 }
+
+/// How many confined processes are remembered by pidfd between checks.
+const CHECKED_KEPT: usize = 4096;
 
 /// What the registry says about one PID.
 enum Entry {
@@ -100,7 +103,10 @@ impl KernelLoader {
                     LoaderError::io(format!("bpf_map_lookup_elem TASK_MARK pid {pid}"), e)
                 })?;
         if marked && !exited(&pidfd) {
-            self.checked.insert(pid, pidfd);
+            // Each kept pidfd is a descriptor: beyond a bound, check afresh.
+            if self.checked.len() < CHECKED_KEPT {
+                self.checked.insert(pid, pidfd);
+            }
             Ok(Entry::Confined)
         } else {
             Ok(Entry::Stale)
@@ -153,6 +159,30 @@ impl KernelLoader {
     /// guard cache remembers any of them as unconfined.
     pub(super) fn confine_process(&mut self, pid: u32) -> Result<(), LoaderError> {
         guard::check_confine(&self.mirror.rules, pid)?;
+        if let Some(reason) = process::confine_refusal(pid) {
+            return Err(LoaderError::Process { pid, reason });
+        }
+        if self.maps.confined.get(&pid, 0).is_ok()
+            && matches!(self.check_entry(pid)?, Entry::Confined)
+        {
+            return Ok(()); // already confined: nothing to do
+        }
+        // Recorded before anything is done to the process, so that a loader
+        // killed midway leaves the next one what to undo (`recover_pending`).
+        let pending = Pending {
+            start_time: process::start_time(pid).ok_or_else(|| LoaderError::Process {
+                pid,
+                reason: "no such process".into(),
+            })?,
+            stopped_by_loader: u32::from(!process::is_stopped(pid)),
+            _pad: 0,
+        };
+        self.map_ops += 1;
+        self.maps
+            .pending
+            .insert(pid, pending, 0)
+            .map_err(map_err("PENDING", pid.to_string()))?;
+        crate::fault::point("confine.recorded");
         let result = process::with_stopped(pid, |threads| {
             self.attach_hooks()?;
             self.map_ops += 1;
@@ -160,7 +190,9 @@ impl KernelLoader {
                 .confined
                 .insert(pid, Confined::default(), 0)
                 .map_err(map_err("CONFINED", pid.to_string()))?;
+            crate::fault::point("confine.registered");
             self.mark_threads(pid, threads, true)?;
+            crate::fault::point("confine.marked");
             self.forget_guard_cache()?;
             // A process that died meanwhile never reaches the exit hook
             // again: its entry would stay.
@@ -180,7 +212,37 @@ impl KernelLoader {
             let _ = self.forget_process(pid);
             let _ = self.sync_hooks();
         }
+        self.map_ops += 1;
+        let _ = remove_ignoring_missing(self.maps.pending.remove(&pid));
         result
+    }
+
+    /// Undoes every confine a killed loader left half done (see `PENDING`
+    /// in `probes/aa_policy.h`): its client was told it failed, so the
+    /// process must end as it was — continued if it was stopped for it,
+    /// with no mark on any thread and no registry entry. Returns the pids.
+    pub(super) fn recover_pending(&mut self) -> Result<Vec<u32>, LoaderError> {
+        let pending: Vec<(u32, Pending)> =
+            self.maps.pending.iter().filter_map(Result::ok).collect();
+        let mut undone = Vec::with_capacity(pending.len());
+        for (pid, entry) in pending {
+            self.map_ops += 1;
+            if process::start_time(pid) == Some(entry.start_time) {
+                let threads = process::threads(pid).unwrap_or_default();
+                self.mark_threads(pid, &threads, false)?;
+                self.forget_process(pid)?;
+                if entry.stopped_by_loader != 0
+                    && process::is_stopped(pid)
+                    && let Ok(pidfd) = sys::pidfd_open(pid, false)
+                {
+                    let _ = sys::pidfd_send_signal(&pidfd, libc::SIGCONT);
+                }
+                undone.push(pid);
+            }
+            remove_ignoring_missing(self.maps.pending.remove(&pid))
+                .map_err(map_err("PENDING", pid.to_string()))?;
+        }
+        Ok(undone)
     }
 
     /// Releases `pid`, which must be a confined process (checked, so that
@@ -215,6 +277,9 @@ impl KernelLoader {
             guarded: 0,
         };
         for &tid in threads {
+            if confined {
+                crate::fault::point("confine.thread");
+            }
             let pidfd = match sys::pidfd_open(tid, true) {
                 Ok(pidfd) => pidfd,
                 // The thread exited after it was listed: nothing to mark.

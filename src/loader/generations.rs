@@ -27,7 +27,7 @@ use super::rule_keys::{
     access_mask, align_entry, egress_key, egress_rule, exact, exact_path, path_keys,
     remove_ignoring_missing, set_slot_bit,
 };
-use super::{Applied, ApplyReport, LoaderError};
+use super::{Applied, ApplyReport, LoaderError, PolicyDigest};
 use crate::delta::{self, Delta, Op};
 use crate::ruleset::{
     Access, EgressMode, EgressRule, Mode, PathPrefix, PathRuleKey, Restriction, RuleSet,
@@ -103,6 +103,7 @@ impl KernelLoader {
         touched: &mut Touched,
     ) -> Result<(), LoaderError> {
         for op in &delta.ops {
+            crate::fault::point("apply.entry");
             match op {
                 Op::UpsertEgressRule(rule) => {
                     touched.egress.insert(*rule);
@@ -219,6 +220,7 @@ impl KernelLoader {
     fn align_slots(&mut self, touched: &Touched, from: u32, to: u32) -> Result<(), LoaderError> {
         let (from_bit, to_bit) = (1u8 << from, 1u8 << to);
         for rule in &touched.egress {
+            crate::fault::point("apply.align");
             let ops = &mut self.map_ops;
             match rule.net.addr() {
                 IpAddr::V4(_) => align_entry(
@@ -300,7 +302,11 @@ impl KernelLoader {
         Ok(rules)
     }
 
-    pub(super) fn apply_inner(&mut self, delta: &Delta) -> Result<ApplyReport, LoaderError> {
+    pub(super) fn apply_inner(
+        &mut self,
+        delta: &Delta,
+        policy: Option<PolicyDigest>,
+    ) -> Result<ApplyReport, LoaderError> {
         let ops_before = self.map_ops;
         let desired = delta::apply(&self.mirror.rules, delta);
         let current = self.active_slot;
@@ -309,7 +315,7 @@ impl KernelLoader {
 
         let mut touched = Touched::default();
         let prepared = self
-            .write_generation(&desired, generation, next)
+            .write_generation(&desired, generation, policy, next)
             .and_then(|()| self.write_slot_entries(delta, &desired, next, &mut touched));
         if let Err(error) = prepared {
             if self.align_slots(&touched, current, next).is_err() {
@@ -318,6 +324,7 @@ impl KernelLoader {
             return Err(error);
         }
 
+        crate::fault::point("apply.before-flip");
         self.map_ops += 1;
         if let Err(error) = self.maps.active.set(0, next, 0) {
             // Not flipped: the previous generation is in force; undo the
@@ -331,7 +338,9 @@ impl KernelLoader {
         self.mirror = Applied {
             generation,
             rules: desired,
+            policy,
         };
+        crate::fault::point("apply.flipped");
         if self.grace.wait().is_err() || self.align_slots(&touched, next, current).is_err() {
             self.dirty = true;
         }
@@ -345,6 +354,7 @@ impl KernelLoader {
         &mut self,
         rules: &RuleSet,
         generation: u64,
+        policy: Option<PolicyDigest>,
         slot: u32,
     ) -> Result<(), LoaderError> {
         let value = Generation {
@@ -362,6 +372,7 @@ impl KernelLoader {
                 SyscallRule::Allow(set) => *set.words(),
                 SyscallRule::Unrestricted => [0; abi::SYSCALL_WORDS],
             },
+            policy_sha256: policy.unwrap_or([0; 32]),
         };
         self.map_ops += 1;
         self.maps

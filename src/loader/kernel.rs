@@ -19,7 +19,10 @@ use super::abi;
 use super::hooks::{HOOKS, HeldLink, OBJECTS, load_object, load_program};
 use super::maps::{MAPS, Maps, map_err, read_counters, take_maps};
 use super::pins::{ensure_bpffs, lock_pin_dir};
-use super::{Applied, ApplyReport, Loader, LoaderError, ProbeCounters, io_uring_ops, process, sys};
+use super::{
+    Applied, ApplyReport, Loader, LoaderError, PolicyDigest, ProbeCounters, io_uring_ops, process,
+    sys,
+};
 use crate::delta::Delta;
 use crate::guard::{self, ConfinedSet};
 use crate::ruleset::{Arch, RuleSet};
@@ -108,6 +111,7 @@ impl KernelLoader {
             mirror: Applied {
                 generation: 0,
                 rules: RuleSet::unrestricted(),
+                policy: None,
             },
             active_slot: 0,
             map_ops: 0,
@@ -121,6 +125,17 @@ impl KernelLoader {
         loader.write_config()?;
         loader.register_loader_threads(true)?;
         loader.mirror = loader.read_back()?;
+        // A loader killed during an apply leaves the inactive slot half
+        // written (the active one is always whole: see `generations`).
+        // An apply writes only its delta there, so it must start from a
+        // copy of the active slot.
+        loader.resync_inactive()?;
+        for pid in loader.recover_pending()? {
+            tracing::warn!(
+                pid,
+                "undid the confine of pid {pid} that a previous loader left half done (it was continued and unmarked)"
+            );
+        }
         Ok(loader)
     }
 
@@ -204,7 +219,11 @@ impl Loader for KernelLoader {
         Ok(applied)
     }
 
-    fn apply(&mut self, delta: &Delta) -> Result<ApplyReport, LoaderError> {
+    fn apply(
+        &mut self,
+        delta: &Delta,
+        policy: Option<PolicyDigest>,
+    ) -> Result<ApplyReport, LoaderError> {
         let confined = self.confined()?;
         guard::check_delta(&self.mirror.rules, delta, &confined, Arch::native())?;
         if delta.is_empty() {
@@ -217,7 +236,7 @@ impl Loader for KernelLoader {
         if self.dirty {
             self.resync_inactive()?;
         }
-        self.apply_inner(delta)
+        self.apply_inner(delta, policy)
     }
 
     fn confined(&mut self) -> Result<ConfinedSet, LoaderError> {

@@ -14,7 +14,8 @@ use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 
 use super::abi::{
-    self, Confined, Egress4Data, Egress6Data, Generation, LoaderConfig, PathData, RuleValue,
+    self, Confined, Egress4Data, Egress6Data, Generation, LoaderConfig, PathData, Pending,
+    RuleValue,
 };
 use super::pins::PinLayout;
 use super::rule_keys::{access_mask, egress_rule, exact_path};
@@ -25,7 +26,7 @@ use crate::ruleset::{
 };
 
 /// Every pinned map, by the name the probes give it.
-pub(super) const MAPS: [&str; 14] = [
+pub(super) const MAPS: [&str; 15] = [
     "ACTIVE",
     "GENERATIONS",
     "TASK_MARK",
@@ -38,6 +39,7 @@ pub(super) const MAPS: [&str; 14] = [
     "SOCKET_MARK",
     "CONFIG",
     "LOADER_TIDS",
+    "PENDING",
     "EVENTS",
     "COUNTERS",
 ];
@@ -54,6 +56,7 @@ pub(super) struct Maps {
     pub(super) io_uring_ops: Array<MapData, i32>,
     pub(super) config: Array<MapData, LoaderConfig>,
     pub(super) loader_tids: HashMap<MapData, u32, u32>,
+    pub(super) pending: HashMap<MapData, u32, Pending>,
     pub(super) counters: Array<MapData, u64>,
     pub(super) events: Option<RingBuf<MapData>>,
     pub(super) capacity: BTreeMap<&'static str, usize>,
@@ -142,6 +145,7 @@ impl Maps {
             Applied {
                 generation: generation.generation,
                 rules,
+                policy: (generation.policy_sha256 != [0; 32]).then_some(generation.policy_sha256),
             },
             slot,
         ))
@@ -272,6 +276,7 @@ fn build_maps(
         io_uring_ops: typed("IO_URING_OPS", get("IO_URING_OPS")?, Array::try_from)?,
         config: typed("CONFIG", get("CONFIG")?, Array::try_from)?,
         loader_tids: typed("LOADER_TIDS", get("LOADER_TIDS")?, HashMap::try_from)?,
+        pending: typed("PENDING", get("PENDING")?, HashMap::try_from)?,
         counters: typed("COUNTERS", get("COUNTERS")?, Array::try_from)?,
         events: Some(typed("EVENTS", get("EVENTS")?, RingBuf::try_from)?),
         capacity,

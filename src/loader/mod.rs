@@ -32,7 +32,13 @@ use crate::ruleset::RuleSet;
 pub struct Applied {
     pub generation: u64,
     pub rules: RuleSet,
+    /// The sha256 of the policy text the generation came from, as recorded
+    /// in the kernel with it (`None` when not recorded).
+    pub policy: Option<PolicyDigest>,
 }
+
+/// The sha256 of a policy file's bytes.
+pub type PolicyDigest = [u8; 32];
 
 /// What one `apply` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +71,13 @@ pub trait Loader {
 
     /// Applies `delta` incrementally and atomically: probes see either the
     /// previous generation or the new one, never a mix. On any error the
-    /// previous generation stays in force.
-    fn apply(&mut self, delta: &Delta) -> Result<ApplyReport, LoaderError>;
+    /// previous generation stays in force. `policy` is recorded with the new
+    /// generation, so what the kernel holds can be named after a restart.
+    fn apply(
+        &mut self,
+        delta: &Delta,
+        policy: Option<PolicyDigest>,
+    ) -> Result<ApplyReport, LoaderError>;
 
     /// The processes confined right now.
     fn confined(&mut self) -> Result<ConfinedSet, LoaderError>;

@@ -19,8 +19,13 @@ use std::time::{Duration, Instant};
 
 use super::{Loader, LoaderError, sys};
 
-/// How long to wait for a process to reach the stopped state.
-const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait for a process to reach the stopped state. Short: the
+/// reconcile loop waits meanwhile, and a process that does not stop in
+/// this time (traced, or in a long uninterruptible sleep) is refused.
+const STOP_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// PF_KTHREAD in the flags field of /proc/PID/stat.
+const PF_KTHREAD: u64 = 0x0020_0000;
 
 fn process_err(pid: u32, reason: impl Into<String>) -> LoaderError {
     LoaderError::Process {
@@ -41,12 +46,71 @@ pub fn threads(pid: u32) -> Result<Vec<u32>, LoaderError> {
     Ok(tids)
 }
 
+/// The fields of /proc/PID/task/TID/stat after the command (field 3 on),
+/// which may contain spaces and parentheses: the rest follows the last `)`.
+fn stat_fields(pid: u32, tid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 /// The one-letter scheduler state of a task (`R`, `S`, `T`, `t`, `Z`, ...).
 fn task_state(pid: u32, tid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    // The comm field may contain spaces and parentheses: the state follows
-    // the last `)`.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
+    stat_fields(pid, tid)?.first()?.chars().next()
+}
+
+/// When process `pid` started (`starttime`, in clock ticks since boot): with
+/// the PID, it names one process even after the number is reused.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid, pid)?.get(19)?.parse().ok()
+}
+
+/// Whether `pid` is stopped (by a signal or a tracer).
+pub fn is_stopped(pid: u32) -> bool {
+    matches!(task_state(pid, pid), Some('T' | 't'))
+}
+
+/// Why `pid` must never be stopped and marked, if so: a kernel thread
+/// (cannot be stopped), PID 1, this process or one of its ancestors (it
+/// would stop the daemon), or a process that already exited.
+pub fn confine_refusal(pid: u32) -> Option<String> {
+    if pid <= 1 {
+        return Some("is the init process; it cannot be confined".into());
+    }
+    let fields = match stat_fields(pid, pid) {
+        Some(fields) => fields,
+        None => return Some("no such process".into()),
+    };
+    if fields
+        .first()
+        .is_some_and(|state| state == "Z" || state == "X")
+    {
+        return Some("has exited".into());
+    }
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    if flags & PF_KTHREAD != 0 {
+        return Some("is a kernel thread; it cannot be stopped or confined".into());
+    }
+    let mut ancestor = std::process::id();
+    for _ in 0..4096 {
+        if ancestor == pid {
+            return Some(if ancestor == std::process::id() {
+                "is this daemon itself".into()
+            } else {
+                "is an ancestor of this daemon; stopping it could stop the daemon".into()
+            });
+        }
+        match stat_fields(ancestor, ancestor).and_then(|f| f.get(1)?.parse::<u32>().ok()) {
+            Some(parent) if parent > 1 => ancestor = parent,
+            _ => break,
+        }
+    }
+    None
 }
 
 /// Whether `pid` is a process (thread-group leader), not a thread or gone.
@@ -121,7 +185,7 @@ fn wait_all_stopped(pid: u32) -> Result<Vec<u32>, LoaderError> {
         if Instant::now() > deadline {
             return Err(process_err(
                 pid,
-                "did not stop within 2 s (is it traced or in uninterruptible sleep?)",
+                "did not stop within 0.5 s (is it traced or in uninterruptible sleep?)",
             ));
         }
         std::thread::sleep(Duration::from_millis(1));

@@ -21,9 +21,28 @@ pub enum PolicyError {
     },
     #[error("{}: cannot read the policy: {reason}", file.display())]
     Unreadable { file: PathBuf, reason: String },
+    /// The machine, not the file, is the problem (out of descriptors or
+    /// memory): worth trying again, and never a verdict on the file.
+    #[error("{}: cannot read the policy now: {reason}", file.display())]
+    Resource { file: PathBuf, reason: String },
 }
 
 impl PolicyError {
+    /// An error reading `file`: a shortage of descriptors or memory is
+    /// `Resource`, anything else `Unreadable`.
+    pub fn reading(file: &Path, error: &std::io::Error) -> Self {
+        let shortage = matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+        );
+        let (file, reason) = (file.to_owned(), error.to_string());
+        if shortage {
+            PolicyError::Resource { file, reason }
+        } else {
+            PolicyError::Unreadable { file, reason }
+        }
+    }
+
     pub fn invalid(file: &Path, line: usize, column: usize, message: impl Into<String>) -> Self {
         PolicyError::Invalid {
             file: file.to_owned(),

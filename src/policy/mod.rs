@@ -161,15 +161,38 @@ pub fn read_policy_file(path: &Path) -> Result<Vec<u8>, PolicyError> {
     read_bounded(path)
 }
 
-/// Reads at most one byte past the limit, so a huge or endless file (a FIFO,
-/// `/dev/zero`) costs nothing before it is refused.
+/// Reads a regular file, at most one byte past the limit, so a huge file
+/// costs nothing before it is refused. Anything else (a FIFO, a device such
+/// as `/dev/zero`, a socket, a directory) is refused before a byte is read:
+/// it is opened without blocking (a FIFO with no writer would otherwise
+/// hang the open, and with it every reload behind it).
 fn read_bounded(path: &Path) -> Result<Vec<u8>, PolicyError> {
     use std::io::Read;
-    let unreadable = |e: std::io::Error| PolicyError::Unreadable {
-        file: path.to_owned(),
-        reason: e.to_string(),
-    };
-    let file = std::fs::File::open(path).map_err(unreadable)?;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let unreadable = |e: std::io::Error| PolicyError::reading(path, &e);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(unreadable)?;
+    let kind = file.metadata().map_err(unreadable)?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(PolicyError::Unreadable {
+            file: path.to_owned(),
+            reason: format!("is {what}, not a regular file; a policy must be a regular file"),
+        });
+    }
     let mut bytes = Vec::new();
     file.take(MAX_POLICY_BYTES as u64 + 1)
         .read_to_end(&mut bytes)

@@ -108,7 +108,7 @@ impl KernelTest {
     /// Applies `rules` as the loader would for a reload.
     pub fn apply_rules(&mut self, rules: &RuleSet) -> Result<ApplyReport, LoaderError> {
         let applied = self.loader().applied()?;
-        self.loader().apply(&diff(&applied.rules, rules))
+        self.loader().apply(&diff(&applied.rules, rules), None)
     }
 
     /// Applies a policy written as YAML.
