@@ -36,9 +36,38 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const REFUSAL_GRACE: Duration = Duration::from_millis(500);
 /// How long the reconcile loop may take to answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-/// Connections served at once; more are told so and closed, so that idle
-/// clients can never take the descriptors reloads and confines need.
-pub const MAX_CONNECTIONS: usize = 256;
+/// Connections served at once, at most; more are told so and closed.
+const MAX_CONNECTIONS: usize = 256;
+/// Descriptors always left free for reloads, confines and the probes'
+/// readers, whatever the clients do: a connection is served only while
+/// this many (and the refusals' own) stay below the open-file limit.
+const DESCRIPTOR_RESERVE: u64 = 64;
+/// Refusals waiting for a hello at once; beyond this, excess connections
+/// are closed without a reason rather than hold more descriptors.
+const MAX_REFUSING: usize = 32;
+
+/// Whether one more connection may be served: fewer than
+/// `MAX_CONNECTIONS`, and the descriptors open now leave the reserve free
+/// under the limit in force (an operator may lower it on a running daemon
+/// with `prlimit`, and confined processes hold descriptors too).
+fn room_for_a_connection(serving: usize) -> bool {
+    if serving >= MAX_CONNECTIONS {
+        return false;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return false;
+    }
+    // Unreadable (out of descriptors itself) means no room.
+    let Ok(open) = std::fs::read_dir("/proc/self/fd").map(Iterator::count) else {
+        return false;
+    };
+    open as u64 + DESCRIPTOR_RESERVE + MAX_REFUSING as u64 <= limit.rlim_cur
+}
 
 /// What every connection needs.
 pub struct ServerContext {
@@ -52,7 +81,7 @@ pub struct ServerContext {
     pub connections: AtomicUsize,
 }
 
-/// Counts one served connection for as long as it lives.
+/// Counts one served (or refused) connection for as long as it lives.
 struct Served<'a>(&'a AtomicUsize);
 
 impl Drop for Served<'_> {
@@ -154,13 +183,23 @@ impl Drop for SocketClaim {
 
 /// Accepts connections forever.
 pub async fn serve(listener: UnixListener, context: Arc<ServerContext>) {
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let context = Arc::clone(&context);
-                if context.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                let serving = context.connections.fetch_add(1, Ordering::SeqCst);
+                if !room_for_a_connection(serving) {
                     context.connections.fetch_sub(1, Ordering::SeqCst);
-                    tokio::spawn(async move { refuse_busy(stream).await });
+                    if refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSING {
+                        refusing.fetch_sub(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    let refusing = Arc::clone(&refusing);
+                    tokio::spawn(async move {
+                        let _refusal = Served(&refusing);
+                        refuse_busy(stream, serving).await;
+                    });
                     continue;
                 }
                 tokio::spawn(async move {
@@ -179,13 +218,13 @@ pub async fn serve(listener: UnixListener, context: Arc<ServerContext>) {
 }
 
 /// Tells a client over the connection limit why, then closes.
-async fn refuse_busy(stream: UnixStream) {
+async fn refuse_busy(stream: UnixStream, serving: usize) {
     let (mut reader, mut writer) = stream.into_split();
     let mut decoder = FrameDecoder::default();
     // Read its hello first, so it sees the reason rather than EPIPE.
     let _ = timeout(REFUSAL_GRACE, read_frame(&mut reader, &mut decoder)).await;
     let message = format!(
-        "the daemon is serving {MAX_CONNECTIONS} connections, its limit; try again shortly"
+        "the daemon is serving {serving} connections, as many as its descriptors allow; try again shortly"
     );
     let _ = send(&mut writer, &error(message)).await;
 }

@@ -6,8 +6,10 @@
 //! 2. flip `ACTIVE` (one write): from now on probes read `next`;
 //! 3. wait an RCU grace period (`sys::GracePeriod`), so no probe still
 //!    reads the old slot;
-//! 4. bring the old slot's bits of the changed entries in line (or delete
-//!    entries that no slot holds).
+//! 4. bring the old slot in line: its generation record, and the bits of
+//!    the changed entries (or delete entries that no slot holds). Between
+//!    applies the two slots are identical, so slots that differ mean an
+//!    apply was cut short (what the crash tests look for).
 //!
 //! A failure before the flip leaves the previous generation in force and
 //! the touched entries are rolled back; a failure after it leaves the new
@@ -216,11 +218,20 @@ impl KernelLoader {
         Ok(())
     }
 
-    /// Makes slot `to` of the touched entries equal to slot `from`.
-    fn align_slots(&mut self, touched: &Touched, from: u32, to: u32) -> Result<(), LoaderError> {
+    /// Makes slot `to` of the touched entries equal to slot `from`; visits
+    /// `fault_point` (if any) before each entry.
+    fn align_slots(
+        &mut self,
+        touched: &Touched,
+        from: u32,
+        to: u32,
+        fault_point: Option<&str>,
+    ) -> Result<(), LoaderError> {
         let (from_bit, to_bit) = (1u8 << from, 1u8 << to);
         for rule in &touched.egress {
-            crate::fault::point("apply.align");
+            if let Some(point) = fault_point {
+                crate::fault::point(point);
+            }
             let ops = &mut self.map_ops;
             match rule.net.addr() {
                 IpAddr::V4(_) => align_entry(
@@ -280,7 +291,8 @@ impl KernelLoader {
                 touched.paths.insert(prefix);
             }
         }
-        self.align_slots(&touched, active, 1 - active)?;
+        self.align_slots(&touched, active, 1 - active, None)?;
+        self.copy_generation(active, 1 - active)?;
         self.dirty = false;
         Ok(())
     }
@@ -318,7 +330,9 @@ impl KernelLoader {
             .write_generation(&desired, generation, policy, next)
             .and_then(|()| self.write_slot_entries(delta, &desired, next, &mut touched));
         if let Err(error) = prepared {
-            if self.align_slots(&touched, current, next).is_err() {
+            if self.align_slots(&touched, current, next, None).is_err()
+                || self.copy_generation(current, next).is_err()
+            {
                 self.dirty = true;
             }
             return Err(error);
@@ -329,7 +343,9 @@ impl KernelLoader {
         if let Err(error) = self.maps.active.set(0, next, 0) {
             // Not flipped: the previous generation is in force; undo the
             // inactive slot so a later apply cannot publish these entries.
-            if self.align_slots(&touched, current, next).is_err() {
+            if self.align_slots(&touched, current, next, None).is_err()
+                || self.copy_generation(current, next).is_err()
+            {
                 self.dirty = true;
             }
             return Err(map_err("ACTIVE", "0")(error));
@@ -341,13 +357,32 @@ impl KernelLoader {
             policy,
         };
         crate::fault::point("apply.flipped");
-        if self.grace.wait().is_err() || self.align_slots(&touched, next, current).is_err() {
+        if self.grace.wait().is_err()
+            || self
+                .align_slots(&touched, next, current, Some("apply.align"))
+                .is_err()
+            || self.copy_generation(next, current).is_err()
+        {
             self.dirty = true;
         }
         Ok(ApplyReport {
             generation,
             map_ops: self.map_ops - ops_before,
         })
+    }
+
+    /// Makes generation record `to` a copy of record `from`.
+    fn copy_generation(&mut self, from: u32, to: u32) -> Result<(), LoaderError> {
+        self.map_ops += 2;
+        let record = self
+            .maps
+            .generations
+            .get(&from, 0)
+            .map_err(map_err("GENERATIONS", from.to_string()))?;
+        self.maps
+            .generations
+            .set(to, record, 0)
+            .map_err(map_err("GENERATIONS", to.to_string()))
     }
 
     fn write_generation(

@@ -114,15 +114,26 @@ fn pin_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> LoaderError
     move |e| LoaderError::io(format!("pinning {}", path.display()), e)
 }
 
-/// Whether the object pinned at `pin` is the one behind `fd`.
-fn pin_holds(pin: &std::path::Path, fd: &OwnedFd) -> bool {
-    let Ok(pinned) = sys::obj_get(pin) else {
-        return false;
+/// Whether the object pinned at `pin` is the one behind `fd`. An error
+/// when that cannot be told: out of descriptors or memory says nothing
+/// about the pin, and re-pinning on it would only make more pin events.
+fn pin_holds(pin: &std::path::Path, fd: &OwnedFd) -> std::io::Result<bool> {
+    let pinned = match sys::obj_get(pin) {
+        Ok(pinned) => pinned,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+            ) =>
+        {
+            return Err(e);
+        }
+        Err(_) => return Ok(false),
     };
-    matches!(
+    Ok(matches!(
         (sys::object_id(pinned.as_fd()), sys::object_id(fd.as_fd())),
         (Ok(a), Ok(b)) if a == b
-    )
+    ))
 }
 
 impl KernelLoader {
@@ -165,7 +176,7 @@ impl KernelLoader {
                 link_id: info.id,
                 program_id: info.program_id,
                 attached: info.attached,
-                pinned: pin_holds(&self.pins.link(held.program), &held.fd),
+                pinned: pin_holds(&self.pins.link(held.program), &held.fd).is_ok_and(|held| held),
             });
         }
         Ok(states)
@@ -275,7 +286,9 @@ impl KernelLoader {
         }));
         let mut repaired = Vec::new();
         for object in held {
-            if pin_holds(&object.pin, object.fd) {
+            if pin_holds(&object.pin, object.fd).map_err(|e| {
+                LoaderError::io(format!("checking the pin {}", object.pin.display()), e)
+            })? {
                 continue;
             }
             if let Some(dir) = object.pin.parent() {

@@ -29,7 +29,7 @@ use crate::ruleset::{Arch, RuleSet};
 
 pub use super::confinement::MarkReader;
 pub use super::hooks::{HookState, cgroup2_root};
-pub use super::maps::{PinnedCounters, pinned_counters, read_applied};
+pub use super::maps::{PinnedCounters, pinned_counters, read_applied, read_slots};
 pub use super::pins::{DEFAULT_PIN_DIR, PinLayout, unload};
 
 /// The aya loader. See the module doc for the protocol it follows.

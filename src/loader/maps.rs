@@ -65,8 +65,14 @@ pub(super) struct Maps {
 impl Maps {
     /// Reads the active slot's rules back from the maps.
     pub(super) fn read_back(&self, ops: &mut u64) -> Result<(Applied, u32), LoaderError> {
-        *ops += 2;
+        *ops += 1;
         let slot = self.active.get(&0, 0).map_err(map_err("ACTIVE", "0"))? & 1;
+        Ok((self.read_slot(slot, ops)?, slot))
+    }
+
+    /// Reads the rules slot `slot` holds (active or not).
+    pub(super) fn read_slot(&self, slot: u32, ops: &mut u64) -> Result<Applied, LoaderError> {
+        *ops += 1;
         let generation = self
             .generations
             .get(&slot, 0)
@@ -141,14 +147,11 @@ impl Maps {
                 }
             }
         }
-        Ok((
-            Applied {
-                generation: generation.generation,
-                rules,
-                policy: (generation.policy_sha256 != [0; 32]).then_some(generation.policy_sha256),
-            },
-            slot,
-        ))
+        Ok(Applied {
+            generation: generation.generation,
+            rules,
+            policy: (generation.policy_sha256 != [0; 32]).then_some(generation.policy_sha256),
+        })
     }
 }
 
@@ -179,6 +182,21 @@ pub fn read_applied(pin_dir: &Path) -> Result<Applied, LoaderError> {
         Map::from_map_data(data).map_err(map_err(name, ""))
     })?;
     Ok(maps.read_back(&mut 0)?.0)
+}
+
+/// Both generation slots under `pin_dir`, and which one is active: for
+/// tests that check a crash left one whole generation in force.
+pub fn read_slots(pin_dir: &Path) -> Result<([Applied; 2], u32), LoaderError> {
+    let pins = PinLayout::new(pin_dir);
+    let maps = build_maps(|name| {
+        let data = MapData::from_pin(pins.map(name)).map_err(map_err(name, ""))?;
+        Map::from_map_data(data).map_err(map_err(name, ""))
+    })?;
+    let active = maps.active.get(&0, 0).map_err(map_err("ACTIVE", "0"))? & 1;
+    Ok((
+        [maps.read_slot(0, &mut 0)?, maps.read_slot(1, &mut 0)?],
+        active,
+    ))
 }
 
 /// A read-only handle on the probes' counters, for a thread or process

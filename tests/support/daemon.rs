@@ -65,6 +65,7 @@ pub struct Daemon {
     pub pin_dir: PathBuf,
     pub notify: NotifyListener,
     log_path: PathBuf,
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -98,34 +99,100 @@ impl Daemon {
         let socket = dir.path().join("policyd.sock");
         let notify = NotifyListener::bind(dir.path().join("notify.sock"));
         let log_path = dir.path().join("daemon.log");
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
-            .arg("run")
-            .arg("--policy")
-            .arg(&policy)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--pin-dir")
-            .arg(&pin_dir)
-            .args(extra_args)
-            .env("NOTIFY_SOCKET", &notify.path)
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("start aa-policyd run");
-        let daemon = Daemon {
+        let mut daemon = Daemon {
             dir,
             policy,
             socket,
             pin_dir,
             notify,
             log_path,
-            child: Some(child),
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
         };
+        daemon.spawn(&[]);
         daemon.wait_ready();
         Some(daemon)
+    }
+
+    /// Starts `aa-policyd run` on this daemon's paths, with `env` added
+    /// (e.g. a fault point), appending to its log.
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aa-policyd"));
+        command
+            .arg("run")
+            .arg("--policy")
+            .arg(&self.policy)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(&self.extra_args)
+            .env("NOTIFY_SOCKET", &self.notify.path)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("AA_POLICYD_FAULT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().expect("start aa-policyd run"));
+    }
+
+    /// Kills the daemon with SIGKILL (as `kill -9` would) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the daemon to die by itself (a fault point), up to 10 s.
+    pub fn wait_dead(&mut self) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return true;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Starts the daemon again on the same policy, socket and pin dir, with
+    /// `env` (e.g. a fault point), and waits until it says READY again.
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        self.kill9();
+        let before = self.ready_count();
+        self.spawn(env);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.ready_count() <= before {
+            if Instant::now() > deadline {
+                panic!(
+                    "the restarted daemon did not send READY=1; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// How many READY=1 messages arrived so far (every reload sends one).
+    fn ready_count(&self) -> usize {
+        self.notify
+            .messages()
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "READY=1") && m.contains("enforcing"))
+            .count()
     }
 
     fn wait_ready(&self) {

@@ -1,0 +1,591 @@
+//! Crash consistency and hostile inputs, through the real daemon and kernel:
+//! `kill -9` inside an apply and inside a confine (deterministic fault
+//! points of the debug build) and at random moments during reloads, each
+//! followed by a restart; then a zombie, a FIFO, descriptor exhaustion,
+//! unstoppable targets, a second daemon on the same socket, and drop counts
+//! after a restart.
+//!
+//! After every kill and restart: the kernel's active slot is one whole
+//! generation that was applied, the next reload brings both slots to the
+//! file, no target is left stopped, and no mark lacks its registry entry.
+//! `AA_FAULT_KILLS` sets the number of random kills (the documented long
+//! run uses 300). Run as root; `AA_REQUIRE_KERNEL=1` turns a skip into a
+//! failure.
+
+mod support;
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aa_policyd::control::wire::{Request, Response};
+use aa_policyd::loader::kernel::{self, MarkReader};
+use aa_policyd::ruleset::RuleSet;
+use support::Plain;
+use support::daemon::{Daemon, rules_of};
+
+/// Three policies that differ in syscalls, egress and path rules.
+const POLICIES: [&str; 3] = [
+    "syscalls:\n  allow: [\"@system-service\", kcmp]\nnetwork:\n  allowlist: [127.0.0.0/8]\nfilesystem:\n  deny: [/srv/a]\n",
+    "syscalls:\n  allow: [\"@system-service\", syslog]\nnetwork:\n  allowlist: [127.0.0.0/8, '10.1.0.0/16:443', 10.2.0.0/16, '[2001:db8::]/48']\nfilesystem:\n  deny: [/srv/b, /etc/gshadow]\n",
+    "syscalls:\n  allow: [\"@system-service\", acct]\nnetwork:\n  allowlist: [127.0.0.0/8, 10.3.0.0/16, '[2001:db8:1::]/48', '192.0.2.7:8443']\nfilesystem:\n  deny: [/var/run/secrets, /srv/c]\n  read:\n    allow: [/usr, /srv]\n",
+];
+
+fn all_rules() -> Vec<RuleSet> {
+    POLICIES.iter().map(|text| rules_of(text)).collect()
+}
+
+/// Writes a save the way most editors do: a new file renamed over the name.
+fn save(daemon: &Daemon, text: &str) {
+    let temp = daemon.policy.with_extension("tmp");
+    std::fs::write(&temp, text).expect("write the new policy");
+    std::fs::rename(&temp, &daemon.policy).expect("rename over the policy");
+}
+
+/// What the kernel holds after a kill: whether the two slots differed (the
+/// kill landed inside an apply) — and it asserts the active slot is one of
+/// `candidates`, whole.
+fn check_after_kill(daemon: &Daemon, candidates: &[RuleSet], when: &str) -> bool {
+    let (slots, active) = kernel::read_slots(&daemon.pin_dir).expect("read both slots");
+    let in_force = &slots[active as usize].rules;
+    assert!(
+        candidates.iter().any(|c| c == in_force),
+        "{when}: the active slot is no whole policy: {in_force:#?}"
+    );
+    slots[0].rules != slots[1].rules
+}
+
+/// After a restart: the kernel holds `expected` in the active slot and the
+/// same in the inactive one.
+fn check_after_restart(daemon: &Daemon, expected: &RuleSet, when: &str) {
+    let (slots, active) = kernel::read_slots(&daemon.pin_dir).expect("read both slots");
+    assert_eq!(
+        &slots[active as usize].rules, expected,
+        "{when}: the file is in force"
+    );
+    assert_eq!(
+        slots[0].rules, slots[1].rules,
+        "{when}: both slots hold it after the first reload"
+    );
+}
+
+/// A process confined for the whole test: it must stay confined, marked
+/// on every thread and running (never left stopped) across every kill.
+struct Keeper {
+    process: Plain,
+}
+
+impl Keeper {
+    fn start(daemon: &Daemon) -> Keeper {
+        let process = Plain(
+            Command::new("python3")
+                .args([
+                    "-c",
+                    "import threading, time\nfor _ in range(2): threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\ntime.sleep(600)\n",
+                ])
+                .spawn()
+                .expect("start the keeper"),
+        );
+        let pid = process.0.id();
+        assert!(support::eventually(|| threads(pid).len() >= 3));
+        match daemon.client().request(&Request::Confine { pid }) {
+            Ok(Response::Done) => {}
+            other => panic!("confine the keeper: {other:?}"),
+        }
+        Keeper { process }
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+
+    fn check(&self, daemon: &Daemon, when: &str) {
+        let pid = self.pid();
+        assert!(!stopped(pid), "{when}: the keeper was left stopped");
+        assert!(
+            daemon.status().confined.contains(&pid),
+            "{when}: the keeper left the registry"
+        );
+        let marks = MarkReader::open(&daemon.pin_dir).expect("marks");
+        for tid in threads(pid) {
+            assert!(marked(&marks, tid), "{when}: thread {tid} lost its mark");
+        }
+    }
+}
+
+/// Every marked thread on the machine belongs to a process in the
+/// registry: a mark without its entry would be killed on an empty
+/// allowlist that the lock-out guard let through.
+fn check_every_mark_is_registered(daemon: &Daemon, when: &str) {
+    let confined = daemon.status().confined;
+    let marks = MarkReader::open(&daemon.pin_dir).expect("marks");
+    for entry in std::fs::read_dir("/proc").expect("/proc") {
+        let Some(pid) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        else {
+            continue;
+        };
+        for tid in threads(pid) {
+            if marked(&marks, tid) {
+                assert!(
+                    confined.contains(&pid),
+                    "{when}: thread {tid} of pid {pid} is marked but not in the registry {confined:?}"
+                );
+            }
+        }
+    }
+}
+
+fn threads(pid: u32) -> Vec<u32> {
+    aa_policyd::loader::process::threads(pid).unwrap_or_default()
+}
+
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+        })
+        .unwrap_or(false)
+}
+
+fn marked(marks: &MarkReader, tid: u32) -> bool {
+    // SAFETY: plain syscall; the descriptor is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid as libc::pid_t, libc::O_EXCL) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    let pidfd: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) };
+    marks.is_marked(&pidfd).expect("look up a mark")
+}
+
+#[test]
+fn a_kill_at_any_point_of_an_apply_leaves_one_whole_generation_and_the_next_reload_the_file() {
+    let Some(mut daemon) = Daemon::start("fault_apply", POLICIES[0], &[]) else {
+        return;
+    };
+    let rules = all_rules();
+    let keeper = Keeper::start(&daemon);
+    let points = [
+        "apply.entry:1",
+        "apply.entry:4",
+        "apply.before-flip:1",
+        "apply.flipped:1",
+        "apply.align:1",
+        "apply.align:3",
+    ];
+    let mut in_force = 0;
+    let mut mid_apply = 0;
+    for point in points {
+        let next = (in_force + 1) % POLICIES.len();
+        daemon.restart(&[("AA_POLICYD_FAULT", point)]);
+        save(&daemon, POLICIES[next]);
+        assert!(daemon.wait_dead(), "{point} was never reached");
+        if check_after_kill(
+            &daemon,
+            &[rules[in_force].clone(), rules[next].clone()],
+            point,
+        ) {
+            mid_apply += 1;
+        }
+        daemon.restart(&[]);
+        check_after_restart(&daemon, &rules[next], point);
+        keeper.check(&daemon, point);
+        check_every_mark_is_registered(&daemon, point);
+        in_force = next;
+    }
+    eprintln!(
+        "{} kills at fault points, {mid_apply} inside an apply",
+        points.len()
+    );
+    assert!(
+        mid_apply >= 4,
+        "the points inside an apply left the slots disagreeing"
+    );
+}
+
+#[test]
+fn a_kill_at_any_point_of_a_confine_leaves_no_target_stopped_and_no_half_confined_process() {
+    let Some(mut daemon) = Daemon::start("fault_confine", POLICIES[0], &[]) else {
+        return;
+    };
+    for point in [
+        "confine.recorded",
+        "confine.registered",
+        "confine.thread:1",
+        "confine.thread:2",
+        "confine.marked",
+    ] {
+        daemon.restart(&[("AA_POLICYD_FAULT", point)]);
+        let target = Plain(
+            Command::new("python3")
+                .args([
+                    "-c",
+                    "import threading, time\nfor _ in range(2): threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\ntime.sleep(60)\n",
+                ])
+                .spawn()
+                .expect("start the target"),
+        );
+        let pid = target.0.id();
+        assert!(support::eventually(|| threads(pid).len() >= 3));
+        let answer = daemon.client().request(&Request::Confine { pid });
+        assert!(
+            answer.is_err(),
+            "{point}: the confine was cut short: {answer:?}"
+        );
+        assert!(daemon.wait_dead(), "{point} was never reached");
+        daemon.restart(&[]);
+        // The client was told it failed: the process is as before.
+        assert!(!stopped(pid), "{point}: the target was left stopped");
+        let marks = MarkReader::open(&daemon.pin_dir).expect("marks");
+        for tid in threads(pid) {
+            assert!(!marked(&marks, tid), "{point}: thread {tid} kept a mark");
+        }
+        assert!(
+            !daemon.status().confined.contains(&pid),
+            "{point}: the target stayed in the registry"
+        );
+        assert!(
+            daemon
+                .log()
+                .contains(&format!("undid the confine of pid {pid}")),
+            "{point}: the restarted daemon did not say it undid the confine"
+        );
+        check_every_mark_is_registered(&daemon, point);
+    }
+}
+
+/// Kills at random moments of a reload: a save, then SIGKILL 0–70 ms
+/// later (the daemon waits 25 ms for the editor to finish, then reads,
+/// lowers, diffs and applies), while saves cycle through three policies.
+#[test]
+fn random_kills_during_reloads_never_leave_a_mixed_generation() {
+    let Some(mut daemon) = Daemon::start("fault_random", POLICIES[0], &[]) else {
+        return;
+    };
+    let kills: usize = std::env::var("AA_FAULT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let rules = all_rules();
+    let keeper = Keeper::start(&daemon);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let (mut in_force, mut mid_apply) = (0, 0);
+    for kill in 0..kills {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let when = format!("kill {kill}");
+        let next = (in_force + 1) % POLICIES.len();
+        save(&daemon, POLICIES[next]);
+        std::thread::sleep(Duration::from_micros(seed % 70_000));
+        daemon.kill9();
+        if check_after_kill(
+            &daemon,
+            &[rules[in_force].clone(), rules[next].clone()],
+            &when,
+        ) {
+            mid_apply += 1;
+        }
+        daemon.restart(&[]);
+        check_after_restart(&daemon, &rules[next], &when);
+        keeper.check(&daemon, &when);
+        check_every_mark_is_registered(&daemon, &when);
+        in_force = next;
+    }
+    eprintln!("{kills} random kills during reloads, {mid_apply} inside an apply, 0 mismatches");
+}
+
+#[test]
+fn a_process_killed_while_it_is_confined_never_stays_in_the_registry() {
+    let Some(mut daemon) = Daemon::start("zombies", POLICIES[0], &[]) else {
+        return;
+    };
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    for round in 0..30 {
+        let mut target = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("start a target");
+        let pid = target.id();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_micros(seed % 3000);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: our own child, not reaped yet: the PID is still ours.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        });
+        let _ = daemon.client().request(&Request::Confine { pid });
+        let _ = killer.join();
+        // Dead but not reaped yet: a zombie must not be (or stay) confined.
+        let status = daemon.wait_for("the dead target leaves the registry", |s| {
+            !s.confined.contains(&pid)
+        });
+        assert!(!status.confined.contains(&pid), "round {round}");
+        let _ = target.wait();
+    }
+    // A zombie is refused up front.
+    let mut zombie = Command::new("true").spawn().expect("start");
+    let pid = zombie.id();
+    std::thread::sleep(Duration::from_millis(200));
+    match daemon.client().request(&Request::Confine { pid }) {
+        Err(error) => assert!(error.to_string().contains("has exited"), "{error}"),
+        Ok(other) => panic!("a zombie was confined: {other:?}"),
+    }
+    let _ = zombie.wait();
+    // And nothing stale survives a restart.
+    daemon.restart(&[]);
+    assert!(daemon.status().confined.is_empty());
+}
+
+#[test]
+fn a_fifo_at_the_policy_path_is_refused_without_blocking_anything() {
+    let Some(mut daemon) = Daemon::start("fifo", POLICIES[0], &[]) else {
+        return;
+    };
+    let generation = daemon.status().generation;
+    std::fs::remove_file(&daemon.policy).expect("remove the policy");
+    let path = std::ffi::CString::new(daemon.policy.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let status = daemon.wait_for("the FIFO refused", |s| {
+        s.last_reload
+            .as_ref()
+            .and_then(|r| r.error.as_deref())
+            .is_some_and(|e| e.contains("is a FIFO, not a regular file"))
+    });
+    assert_eq!(
+        status.generation, generation,
+        "the last good generation stays"
+    );
+    // The loop still answers, and a real save still applies.
+    assert!(matches!(
+        daemon.client().request(&Request::Applied),
+        Ok(Response::Applied { .. })
+    ));
+    std::fs::remove_file(&daemon.policy).expect("remove the FIFO");
+    std::fs::write(&daemon.policy, POLICIES[1]).expect("save");
+    daemon.wait_for("the save applied", |s| s.generation > generation);
+    let started = Instant::now();
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "SIGTERM is obeyed"
+    );
+}
+
+#[test]
+fn idle_clients_cannot_take_the_descriptors_reloads_and_confines_need() {
+    let Some(daemon) = Daemon::start("descriptors", POLICIES[0], &[]) else {
+        return;
+    };
+    // Cap the daemon's descriptors, as a default 1024 would be under load.
+    let pid = daemon.pid();
+    let prlimit = |limit: &str| {
+        let out = Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={limit}")])
+            .output()
+            .expect("run prlimit");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    prlimit("256:256");
+    // Many idle clients: those over the limit are told so (those over the
+    // refusals' own limit are closed), the rest sit idle.
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        let stream = std::os::unix::net::UnixStream::connect(&daemon.socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .expect("timeout");
+        clients.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(900));
+    let mut told = 0;
+    for stream in &mut clients {
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        if String::from_utf8_lossy(&reply).contains("connections, as many as its descriptors allow")
+        {
+            told += 1;
+        }
+    }
+    assert!(told > 0, "no connection over the limit was told why");
+    // While they idle, a save still applies: the daemon kept descriptors
+    // for it.
+    save(&daemon, POLICIES[1]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while daemon.kernel_rules() != rules_of(POLICIES[1]) {
+        assert!(
+            Instant::now() < deadline,
+            "the save never applied under 300 idle clients: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Once they leave, clients and confines are served again.
+    drop(clients);
+    let target = Plain(Command::new("sleep").arg("30").spawn().expect("sleep"));
+    let answer = retry_while_busy(|| {
+        daemon
+            .client()
+            .request(&Request::Confine { pid: target.0.id() })
+    });
+    assert!(matches!(answer, Ok(Response::Done)), "{answer:?}");
+    // A read that fails for want of descriptors is retried, not judged.
+    let generation = daemon.status().generation;
+    prlimit("16:256");
+    save(&daemon, POLICIES[2]);
+    std::thread::sleep(Duration::from_millis(300));
+    prlimit("256:256");
+    daemon.wait_for("the failed reload retried", |s| s.generation > generation);
+    let log = daemon.log();
+    assert!(log.contains("trying the reload again"), "{log}");
+    assert!(
+        log.contains("Too many open files"),
+        "the limit was hit: {log}"
+    );
+    assert!(
+        !log.contains("outcome=\"invalid\""),
+        "never called invalid: {log}"
+    );
+    assert_eq!(daemon.kernel_rules(), rules_of(POLICIES[2]));
+}
+
+/// Runs `request` until the daemon stops refusing it as busy (the
+/// server notices closed connections at once, but not before this runs).
+fn retry_while_busy<T: std::fmt::Debug>(
+    request: impl Fn() -> Result<T, aa_policyd::control::client::ClientError>,
+) -> Result<T, aa_policyd::control::client::ClientError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = request();
+        match &answer {
+            Err(error)
+                if error
+                    .to_string()
+                    .contains("as many as its descriptors allow")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => return answer,
+        }
+    }
+}
+
+#[test]
+fn targets_that_cannot_or_must_not_be_stopped_are_refused_at_once() {
+    let Some(daemon) = Daemon::start("unstoppable", POLICIES[0], &[]) else {
+        return;
+    };
+    let started = Instant::now();
+    for _ in 0..35 {
+        match daemon.client().request(&Request::Confine { pid: 2 }) {
+            Err(error) => assert!(error.to_string().contains("kernel thread"), "{error}"),
+            Ok(other) => panic!("kthreadd was confined: {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "35 refusals took {:?}",
+        started.elapsed()
+    );
+    for (pid, words) in [
+        (1, "init process"),
+        (daemon.pid(), "this daemon itself"),
+        (std::process::id(), "ancestor of this daemon"),
+    ] {
+        match daemon.client().request(&Request::Confine { pid }) {
+            Err(error) => assert!(error.to_string().contains(words), "{pid}: {error}"),
+            Ok(other) => panic!("{pid} was confined: {other:?}"),
+        }
+    }
+    assert!(!stopped(daemon.pid()), "the daemon never stopped itself");
+    // A save right after still applies promptly.
+    let generation = daemon.status().generation;
+    save(&daemon, POLICIES[1]);
+    daemon.wait_for("the save applied", |s| s.generation > generation);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused_and_leaves_nothing_behind() {
+    let Some(daemon) = Daemon::start("second_socket", POLICIES[0], &[]) else {
+        return;
+    };
+    let other_pins = support::unique_pin_dir("second_socket_other");
+    let out = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+        .arg("run")
+        .arg("--policy")
+        .arg(&daemon.policy)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("--pin-dir")
+        .arg(&other_pins)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a second daemon");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already listening"), "{stderr}");
+    assert!(
+        daemon.socket.exists(),
+        "the first daemon's socket is still there"
+    );
+    assert!(
+        daemon.client().request(&Request::Status).is_ok(),
+        "and answers"
+    );
+    assert!(!other_pins.exists(), "the refused daemon created nothing");
+}
+
+#[test]
+fn after_a_restart_the_flood_record_reports_only_new_drops() {
+    let audit = "mode: audit\nsyscalls:\n  allow: [\"@system-service\"]\n";
+    let Some(mut daemon) = Daemon::start("drops", audit, &[]) else {
+        return;
+    };
+    // Drops counted before this daemon started (by an earlier run).
+    let path = kernel::PinLayout::new(&daemon.pin_dir).map("COUNTERS");
+    let data = aya::maps::MapData::from_pin(&path).expect("pinned counters");
+    let mut counters: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("array");
+    counters.set(0, 23_018_607, 0).expect("set the drop count");
+    daemon.restart(&[]);
+    // A flood of audited denials: over 200 a second, so a summary follows.
+    let out = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+        .args(["exec", "--socket"])
+        .arg(&daemon.socket)
+        .args([
+            "--",
+            "python3",
+            "-c",
+            "import ctypes\nlibc = ctypes.CDLL(None)\nfor _ in range(3000): libc.syscall(135, 0xffffffff)\n",
+        ])
+        .output()
+        .expect("run the flood");
+    assert!(out.status.success(), "audit mode never kills");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !daemon.log().contains("event flood") {
+        assert!(
+            Instant::now() < deadline,
+            "no flood record: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = daemon.log();
+    assert!(
+        !log.contains("23018607 lost in the kernel ring buffer"),
+        "the drops from before the restart are reported as new: {log}"
+    );
+}
