@@ -409,9 +409,11 @@ fn a_confined_process_cannot_reach_into_an_unconfined_one() {
     };
     let escape = escape.display().to_string();
     let default = support::default_policy_text();
+    // Long enough to outlive the test on a loaded machine: its death must
+    // mean it was touched.
     let target = Plain(
         Command::new("sleep")
-            .arg("30")
+            .arg("600")
             .spawn()
             .expect("start the target"),
     );
