@@ -144,7 +144,10 @@ dpkg -r aa-policyd >/dev/null
 [ ! -e /usr/bin/aa-policyd ] || fail "binary left after dpkg -r"
 [ ! -e /sys/fs/bpf/agent-assembly ] || fail "pins left after dpkg -r: $(ls -R /sys/fs/bpf/agent-assembly)"
 dpkg -P aa-policyd >/dev/null
-leftovers=$(find /etc /usr /var/lib/systemd /run /sys/fs/bpf -name '*aa-policyd*' -o -name 'agent-assembly' 2>/dev/null | grep -v '^/run/user' || true)
+# bpffs is machine-wide: other tools (and other aa-policyd instances with
+# their own --pin-dir) may hold pins beside ours, so only the package's own
+# pin dir is checked there.
+leftovers=$( (find /etc /usr /var/lib/systemd /run -name '*aa-policyd*' -o -name 'agent-assembly' 2>/dev/null | grep -v '^/run/user'; ls -d /sys/fs/bpf/agent-assembly 2>/dev/null) || true)
 [ -z "$leftovers" ] || fail "left after purge: $leftovers"
 ! getent group aa-policy >/dev/null || fail "group aa-policy left after purge"
 ! getent passwd aa-policy-watch >/dev/null || fail "user aa-policy-watch left after purge"

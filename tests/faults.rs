@@ -82,7 +82,9 @@ impl Keeper {
             Command::new("python3")
                 .args([
                     "-c",
-                    "import threading, time\nfor _ in range(2): threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\ntime.sleep(600)\n",
+                    // Waits until the test's drop guard kills it: the long
+                    // form runs for far longer than any fixed sleep.
+                    "import threading\nfor _ in range(2): threading.Thread(target=threading.Event().wait, daemon=True).start()\nthreading.Event().wait()\n",
                 ])
                 .spawn()
                 .expect("start the keeper"),
@@ -100,8 +102,12 @@ impl Keeper {
         self.process.0.id()
     }
 
-    fn check(&self, daemon: &Daemon, when: &str) {
+    fn check(&mut self, daemon: &Daemon, when: &str) {
         let pid = self.pid();
+        assert!(
+            matches!(self.process.0.try_wait(), Ok(None)),
+            "{when}: the keeper died"
+        );
         assert!(!stopped(pid), "{when}: the keeper was left stopped");
         assert!(
             daemon.status().confined.contains(&pid),
@@ -169,7 +175,7 @@ fn a_kill_at_any_point_of_an_apply_leaves_one_whole_generation_and_the_next_relo
         return;
     };
     let rules = all_rules();
-    let keeper = Keeper::start(&daemon);
+    let mut keeper = Keeper::start(&daemon);
     let points = [
         "apply.entry:1",
         "apply.entry:4",
@@ -272,7 +278,7 @@ fn random_kills_during_reloads_never_leave_a_mixed_generation() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(25);
     let rules = all_rules();
-    let keeper = Keeper::start(&daemon);
+    let mut keeper = Keeper::start(&daemon);
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let (mut in_force, mut mid_apply) = (0, 0);
     for kill in 0..kills {
