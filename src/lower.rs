@@ -54,6 +54,8 @@ pub struct Lowered {
     pub rules: RuleSet,
     pub not_lowered: Vec<NotLowered>,
     pub warnings: Vec<String>,
+    /// What the file uses that upstream Agent Assembly does not define.
+    pub extensions: Vec<String>,
     /// What the probes enforce on confined processes beyond the rules
     /// written here, because the rules could not be checked otherwise.
     pub enforced_defaults: Vec<String>,
@@ -88,13 +90,15 @@ pub fn lower(policy: &Policy, arch: Arch) -> Lowered {
         paths,
         egress,
     };
-    let warnings = warnings_for(&rules, arch);
+    let mut warnings = policy.warnings.clone();
+    warnings.extend(warnings_for(&rules, arch));
     let enforced_defaults = enforced_defaults(&rules, arch);
     Lowered {
         arch,
         rules,
         not_lowered,
         warnings,
+        extensions: policy.extensions(),
         enforced_defaults,
     }
 }
@@ -232,6 +236,20 @@ fn covering<'a>(prefix: &PathPrefix, set: &'a BTreeSet<PathPrefix>) -> Option<&'
 }
 
 fn lower_egress(entries: &[NetworkEntry], not_lowered: &mut Vec<NotLowered>) -> EgressRules {
+    if entries.contains(&NetworkEntry::AnyHost) {
+        // `*` allows every host, as upstream's gateway reads it: nothing
+        // is left for the kernel to restrict, and every other entry is moot.
+        not_lowered.extend(
+            entries
+                .iter()
+                .filter(|entry| **entry != NetworkEntry::AnyHost)
+                .map(|entry| NotLowered {
+                    what: format!("network.allowlist: {entry}"),
+                    why: "covered by `*`, which allows every destination".into(),
+                }),
+        );
+        return EgressRules::default();
+    }
     let mut rules = BTreeSet::new();
     let mut hosts = BTreeSet::new();
     for entry in entries {
@@ -239,7 +257,7 @@ fn lower_egress(entries: &[NetworkEntry], not_lowered: &mut Vec<NotLowered>) -> 
             NetworkEntry::Address(rule) => {
                 rules.insert(*rule);
             }
-            NetworkEntry::Host { .. } => {
+            NetworkEntry::Host { .. } | NetworkEntry::AnyHost => {
                 hosts.insert(entry.to_string());
             }
         }
@@ -290,6 +308,7 @@ fn report_gateway_sections(policy: &Policy, not_lowered: &mut Vec<NotLowered>) {
             "approval_timeout_secs",
             spec.approval_timeout_secs.is_some(),
         ),
+        ("approval", spec.approval.is_some()),
     ];
     for (section, _) in present.iter().filter(|(_, is_present)| *is_present) {
         let why = if *section == "capabilities" {
@@ -301,6 +320,15 @@ fn report_gateway_sections(policy: &Policy, not_lowered: &mut Vec<NotLowered>) {
             what: (*section).to_owned(),
             why,
         });
+    }
+    let conditions = spec.tools.iter().flat_map(|tools| &tools.0);
+    for (tool, rule) in conditions {
+        if let Some(condition) = &rule.requires_approval_if {
+            not_lowered.push(NotLowered {
+                what: format!("tools.{tool}.requires_approval_if: {}", condition.0),
+                why: "an approval needs a person to decide while the call waits; the kernel can only allow or deny, so the gateway asks (a `path starts_with` condition is not turned into a kernel path rule: here that rule would deny, not ask)".into(),
+            });
+        }
     }
 }
 

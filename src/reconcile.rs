@@ -395,6 +395,12 @@ impl Reconciler {
         }
         let record = match Policy::parse_bytes(&bytes, &self.policy_path) {
             Ok(policy) => {
+                // Accepted as upstream accepts them, but said at every
+                // change: an operator reading the journal learns that a key
+                // in the file does nothing.
+                for warning in &policy.warnings {
+                    tracing::warn!(policy_path = %self.policy_path.display(), "policy: {warning}");
+                }
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 let desired = lower(&policy, Arch::native()).rules;
                 self.apply_desired(trigger, started, desired, GoodPolicy { sha256, text })

@@ -17,6 +17,7 @@ pub fn lowered_json(lowered: &Lowered) -> Value {
     value["arch"] = json!(lowered.arch);
     value["not_lowered"] = json!(lowered.not_lowered);
     value["warnings"] = json!(lowered.warnings);
+    value["extensions"] = json!(lowered.extensions);
     value["enforced_defaults"] = json!(lowered.enforced_defaults);
     value
 }
@@ -84,7 +85,8 @@ pub fn summary_lines(lowered: &Lowered) -> Vec<String> {
     ));
     lines.push(match rules.egress.mode {
         EgressMode::Unrestricted => {
-            "network:    egress unrestricted (no network section)".to_owned()
+            "network:    egress unrestricted (no network section, or `*` in its allowlist)"
+                .to_owned()
         }
         EgressMode::Allowlist => format!(
             "network:    egress allowlist of {}",
@@ -99,6 +101,9 @@ pub fn summary_lines(lowered: &Lowered) -> Vec<String> {
     }
     for warning in &lowered.warnings {
         lines.push(format!("warning: {warning}"));
+    }
+    for extension in &lowered.extensions {
+        lines.push(format!("aa-policyd extension: {extension}"));
     }
     lines
 }

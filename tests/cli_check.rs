@@ -50,9 +50,9 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "1:1: sycalls: unknown key",
         ),
         (
-            "unknown root key (envelope)",
-            text("apiVersion: v1\nkind: Policy\nspec: {}\nextra: 1\n"),
-            "4:1: extra: unknown key",
+            "rule-list schema (envelope)",
+            text("apiVersion: v1\nkind: Policy\nspec:\n  rules: []\n"),
+            "4:3: spec.rules: the rule-list schema (`rules:`) is not supported",
         ),
         (
             "unknown spec key",
@@ -80,9 +80,9 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "network.allow: unknown key",
         ),
         (
-            "unknown metadata key",
-            text("metadata: {nam: x}\n"),
-            "metadata.nam: unknown key",
+            "metadata in the flat form",
+            text("metadata: {name: x}\n"),
+            "1:1: metadata: unknown key here; metadata belongs to the envelope form",
         ),
         (
             "unknown tool key",
@@ -120,9 +120,9 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "missing field `spec`",
         ),
         (
-            "envelope without apiVersion",
-            text("kind: Policy\nspec: {}\n"),
-            "missing field `apiVersion`",
+            "envelope whose spec is empty",
+            text("apiVersion: v1\nkind: Policy\nspec:\n"),
+            "spec: is empty; write the policy under spec:",
         ),
         (
             "unknown mode",
@@ -237,7 +237,7 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         (
             "negative budget",
             text("budget: {daily_limit_usd: -5}\n"),
-            "budget.daily_limit_usd: -5 is not a valid amount",
+            "budget.daily_limit_usd: -5 is not a limit",
         ),
         (
             "bad budget action",
@@ -252,7 +252,7 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         (
             "bad time zone",
             text("budget: {timezone: 'Mars Base'}\n"),
-            "budget.timezone: `Mars Base` is not a time zone",
+            "budget.timezone: `Mars Base` is not an IANA time zone name",
         ),
         (
             "zero approval timeout",
@@ -270,9 +270,9 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "tools.x.limit_per_hour: invalid type: integer `-1`, expected u32",
         ),
         (
-            "empty tool name",
-            text("tools:\n  '': {allow: true}\n"),
-            "must not be empty",
+            "tool listed twice",
+            text("tools:\n  bash: {allow: true}\n  bash: {allow: false}\n"),
+            "tools: tool `bash` is listed twice",
         ),
         (
             "duplicate key",

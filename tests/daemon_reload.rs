@@ -31,6 +31,31 @@ fn an_invalid_save_keeps_the_generation_and_reports_the_place() {
 }
 
 #[test]
+fn a_key_that_has_no_effect_is_applied_around_and_named_in_the_log() {
+    let Some(daemon) = Daemon::start("ineffective_key", &policy_text("kcmp"), &[]) else {
+        return;
+    };
+    let before = daemon.status();
+    // Upstream ignores keys beside an envelope's four; so do we, out loud.
+    let text = policy_text("kcmp").replacen("kind: Policy\n", "kind: Policy\nscope: org:a\n", 1);
+    std::fs::write(&daemon.policy, &text).expect("save");
+    let last_at = |s: &aa_policyd::control::wire::StatusReport| {
+        s.last_reload.as_ref().map_or(0, |r| r.at_unix_ms)
+    };
+    let status = daemon.wait_for("the save is taken", |s| last_at(s) > last_at(&before));
+    let record = status.last_reload.expect("a reload record");
+    assert!(
+        matches!(record.outcome, Outcome::Applied | Outcome::Unchanged),
+        "{record:?}"
+    );
+    assert!(
+        support::eventually(|| daemon.log().contains("`scope` beside spec: has no effect")),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
 fn emptying_the_allowlist_is_refused_while_confined_and_applied_when_not() {
     let Some(daemon) = Daemon::start("refusal", &policy_text("kcmp"), &[]) else {
         return;

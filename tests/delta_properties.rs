@@ -314,7 +314,7 @@ fn render_reformatted(p: &PolicyContent, seed: u64) -> String {
         ));
     }
     out.push_str(&format!(
-        "metadata: {{name: flow}}\nmode: {}\n",
+        "version: flow\nmode: {}\n",
         if p.audit { "audit" } else { "enforce" }
     ));
     out

@@ -10,12 +10,15 @@
 //! `Some(vec![])` (deny all), and an explicit `null` is refused because it is
 //! impossible to tell which of the two the author meant.
 
+use std::collections::BTreeMap;
+
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::gateway_sections::{Budget, Capabilities, DataRules, NonEmptyString, Schedule, Tools};
+use super::gateway_sections::{Approval, Budget, Capabilities, DataRules, Schedule, Tools};
 use super::leaf::Number;
 use super::network_entry::NetworkEntry;
+use super::scope::Scope;
 use super::syscall_names::SyscallToken;
 use crate::ruleset::{Mode, PathPrefix};
 
@@ -30,16 +33,52 @@ where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    struct NotNull<T>(std::marker::PhantomData<T>);
+    not_null(
+        deserializer,
+        "is null; remove the key for no restriction, or write [] to deny all",
+    )
+}
+
+/// `spec:` must hold the policy. Upstream refuses an envelope whose `spec`
+/// is null; read as an empty body it would be a policy without a single
+/// restriction, written by someone who meant one.
+fn spec_body<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Spec, D::Error> {
+    not_null(
+        deserializer,
+        "is empty; write the policy under spec: (or `spec: {}` for a policy that restricts nothing)",
+    )
+    .map(Option::unwrap_or_default)
+}
+
+/// A value that must be written out: `null` (or nothing after the key) is
+/// refused where serde_yaml would read it as an empty mapping.
+#[derive(Clone, Debug)]
+pub struct NotNull<T>(pub T);
+
+impl<'de, T: Deserialize<'de> + Default> Deserialize<'de> for NotNull<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        not_null(
+            deserializer,
+            "is empty; write the entry out (e.g. `{allow: true}`)",
+        )
+        .map(|value| NotNull(value.unwrap_or_default()))
+    }
+}
+
+/// Deserializes a `T`, refusing `null` with `refusal`.
+fn not_null<'de, D, T>(deserializer: D, refusal: &'static str) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct NotNull<T>(&'static str, std::marker::PhantomData<T>);
     impl<'de, T: Deserialize<'de>> Visitor<'de> for NotNull<T> {
         type Value = Option<T>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a value")
         }
         fn visit_none<E: de::Error>(self) -> Result<Option<T>, E> {
-            Err(E::custom(
-                "is null; remove the key for no restriction, or write [] to deny all",
-            ))
+            Err(E::custom(self.0))
         }
         fn visit_unit<E: de::Error>(self) -> Result<Option<T>, E> {
             self.visit_none()
@@ -48,7 +87,7 @@ where
             T::deserialize(inner).map(Some)
         }
     }
-    deserializer.deserialize_option(NotNull(std::marker::PhantomData))
+    deserializer.deserialize_option(NotNull(refusal, std::marker::PhantomData))
 }
 
 /// For required list fields: the key must hold a list, not `null`.
@@ -91,33 +130,59 @@ impl<'de> Deserialize<'de> for ScalarText {
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<ScalarText, E> {
                 Ok(ScalarText(v.to_string()))
             }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
         }
-        deserializer.deserialize_any(ScalarVisitor)
+        // Asked for a string, serde_yaml hands over a plain scalar's source
+        // text, so `version: 1.0` stays "1.0" (read as a float it is "1").
+        deserializer.deserialize_str(ScalarVisitor)
     }
 }
 
+/// A string that must say something.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NonEmptyString(pub String);
+
+impl<'de> Deserialize<'de> for NonEmptyString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        super::leaf::parse_str(deserializer, "a non-empty string", |raw| {
+            if raw.trim().is_empty() {
+                return Err("must not be empty".to_owned());
+            }
+            Ok(NonEmptyString(raw.to_owned()))
+        })
+    }
+}
+
+/// `metadata:` as upstream reads it: `name`, `version` and `description`;
+/// other keys (labels, annotations, ...) are read by nobody, so they are
+/// kept only to be named in a warning.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Metadata {
     #[serde(default, deserialize_with = "present")]
-    pub name: Option<NonEmptyString>,
+    pub name: Option<ScalarText>,
     #[serde(default, deserialize_with = "present")]
     pub version: Option<ScalarText>,
     #[serde(default, deserialize_with = "present")]
-    pub description: Option<String>,
+    pub description: Option<ScalarText>,
+    #[serde(flatten)]
+    pub unread: BTreeMap<String, IgnoredAny>,
 }
 
+/// `syscalls:`; `{}` is an allowlist that permits nothing, as upstream reads it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyscallsSection {
-    #[serde(deserialize_with = "list")]
+    #[serde(default, deserialize_with = "list")]
     pub allow: Vec<SyscallToken>,
 }
 
+/// `filesystem.read` / `filesystem.write`; `{}` allows nothing.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PathAllowSection {
-    #[serde(deserialize_with = "list")]
+    #[serde(default, deserialize_with = "list")]
     pub allow: Vec<PathPrefix>,
 }
 
@@ -132,10 +197,11 @@ pub struct FilesystemSection {
     pub deny: Option<Vec<PathPrefix>>,
 }
 
+/// `network:`; `{}` is an allowlist that reaches nothing, as upstream reads it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSection {
-    #[serde(deserialize_with = "list")]
+    #[serde(default, deserialize_with = "list")]
     pub allowlist: Vec<NetworkEntry>,
 }
 
@@ -153,11 +219,10 @@ macro_rules! spec_structs {
             )*
         }
 
+        /// The same keys at the root. Upstream has no metadata here.
         #[derive(Debug, Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct FlatDocument {
-            #[serde(default, deserialize_with = "present")]
-            pub metadata: Option<Metadata>,
             $(
                 #[serde(default, deserialize_with = "present")]
                 pub $field: Option<$ty>,
@@ -165,15 +230,16 @@ macro_rules! spec_structs {
         }
 
         impl FlatDocument {
-            pub fn into_parts(self) -> (Option<Metadata>, Spec) {
-                (self.metadata, Spec { $($field: self.$field,)* })
+            pub fn into_spec(self) -> Spec {
+                Spec { $($field: self.$field,)* }
             }
         }
     };
 }
 
 spec_structs! {
-    scope: NonEmptyString,
+    version: ScalarText,
+    scope: Scope,
     mode: Mode,
     syscalls: SyscallsSection,
     filesystem: FilesystemSection,
@@ -184,41 +250,48 @@ spec_structs! {
     schedule: Schedule,
     data: DataRules,
     approval_timeout_secs: ApprovalTimeout,
+    approval: Approval,
 }
 
-/// Seconds to wait for a human approval: at least one.
+/// Seconds to wait for a human approval: 1 to 2^32-1, as upstream stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ApprovalTimeout(pub u64);
+pub struct ApprovalTimeout(pub u32);
 
 impl<'de> Deserialize<'de> for ApprovalTimeout {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         super::leaf::parse_number(deserializer, "a whole number of seconds", |n| match n {
-            Number::Unsigned(secs @ 1..) => Ok(ApprovalTimeout(secs)),
+            Number::Unsigned(secs @ 1..=0xffff_ffff) => Ok(ApprovalTimeout(secs as u32)),
             other => Err(format!(
-                "{other} is not a timeout (a whole number of seconds >= 1)"
+                "{other} is not a timeout (a whole number of seconds, 1 to 4294967295)"
             )),
         })
     }
 }
 
-/// `kind:` must say `Policy`.
+/// `kind:` names one of the two kinds upstream's files use.
 #[derive(Clone, Copy, Debug, Deserialize)]
 pub enum PolicyKind {
     Policy,
+    GovernancePolicy,
 }
 
+/// The envelope form. Keys beside these four are read by nobody (upstream
+/// ignores them too); `DocumentForm::detect` names them in a warning.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Envelope {
-    #[serde(rename = "apiVersion")]
-    pub api_version: NonEmptyString,
-    /// Only checked: `Policy` is the one kind there is.
-    #[serde(rename = "kind")]
-    pub _kind: PolicyKind,
+    #[serde(rename = "apiVersion", default, deserialize_with = "present")]
+    pub api_version: Option<NonEmptyString>,
+    /// Only checked.
+    #[serde(rename = "kind", default, deserialize_with = "present")]
+    pub _kind: Option<PolicyKind>,
     #[serde(default, deserialize_with = "present")]
     pub metadata: Option<Metadata>,
+    #[serde(deserialize_with = "spec_body")]
     pub spec: Spec,
 }
+
+/// The keys an envelope reads.
+pub const ENVELOPE_KEYS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
 
 /// Which of the two forms a document uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,28 +300,36 @@ pub enum DocumentForm {
     Flat,
 }
 
+/// The root of a document: its form and the keys it has, in order.
+pub struct Root {
+    pub form: DocumentForm,
+    pub keys: Vec<String>,
+}
+
 impl DocumentForm {
     /// Decides the form from the root keys alone: any of `apiVersion`, `kind`
     /// or `spec` means envelope. Values are skipped, not built, so this costs
     /// one scan of the events and never fails on their content.
-    pub fn detect(
-        text: &str,
-    ) -> Result<DocumentForm, serde_path_to_error::Error<serde_yaml::Error>> {
+    pub fn detect(text: &str) -> Result<Root, serde_path_to_error::Error<serde_yaml::Error>> {
         struct RootKeys;
         impl<'de> Visitor<'de> for RootKeys {
-            type Value = DocumentForm;
+            type Value = Root;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a mapping of policy keys")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DocumentForm, A::Error> {
-                let mut form = DocumentForm::Flat;
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Root, A::Error> {
+                let mut root = Root {
+                    form: DocumentForm::Flat,
+                    keys: Vec::new(),
+                };
                 while let Some(key) = map.next_key::<ScalarText>()? {
                     if matches!(key.0.as_str(), "apiVersion" | "kind" | "spec") {
-                        form = DocumentForm::Envelope;
+                        root.form = DocumentForm::Envelope;
                     }
+                    root.keys.push(key.0);
                     map.next_value::<IgnoredAny>()?;
                 }
-                Ok(form)
+                Ok(root)
             }
         }
         let mut track = serde_path_to_error::Track::new();

@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::leaf::KEY_MARKER;
+
 /// A policy that could not be read or is not valid. `Display` is exactly one
 /// line: `FILE:LINE:COL: message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,20 +69,24 @@ impl PolicyError {
             "." | "" => yaml_path.map(str::to_owned),
             tracked => Some(tracked.to_owned()),
         };
-        let message = match message.strip_prefix("unknown field `") {
-            Some(rest) => {
+        let keyed = message
+            .strip_prefix(KEY_MARKER)
+            .and_then(|rest| rest.split_once(": "));
+        let message = match (message.strip_prefix("unknown field `"), keyed) {
+            (Some(rest), _) => {
                 let (key, expected) = rest.split_once('`').unwrap_or((rest, ""));
                 let full = match path {
                     Some(path) if !path.ends_with(key) => format!("{path}.{key}"),
                     Some(path) => path,
                     None => key.to_owned(),
                 };
-                format!(
-                    "{full}: unknown key{}",
-                    expected.replace(", expected", "; expected")
-                )
+                format!("{full}: {}", unknown_key_reason(&full, key, expected))
             }
-            None => match path {
+            (None, Some((leaf, reason))) => match path {
+                Some(path) => format!("{path}.{leaf}: {reason}"),
+                None => format!("{leaf}: {reason}"),
+            },
+            (None, None) => match path {
                 Some(path) => format!("{path}: {message}"),
                 None => message.to_owned(),
             },
@@ -89,11 +95,28 @@ impl PolicyError {
     }
 }
 
+/// Why an unknown key is refused. Two keys get their own reason: `rules`
+/// (upstream's abandoned rule-list schema, refused rather than read as an
+/// empty, allow-everything policy) and `metadata` outside an envelope.
+fn unknown_key_reason(full_path: &str, key: &str, expected: &str) -> String {
+    let at_root = matches!(full_path, "rules" | "spec.rules" | "metadata");
+    match key {
+        "rules" if at_root => "the rule-list schema (`rules:`) is not supported; this is a section-based policy (syscalls, filesystem, network, tools, capabilities, ...), and loading it without its rules would allow everything".to_owned(),
+        "metadata" if at_root => "unknown key here; metadata belongs to the envelope form (apiVersion, kind, metadata, and the policy under spec:)".to_owned(),
+        _ => format!("unknown key{}", expected.replace(", expected", "; expected")),
+    }
+}
+
 /// Splits `a.b[2].c: message` into the key path and the message. A key path
 /// has no spaces, which tells it apart from a message that contains `: `.
 fn split_key_path(text: &str) -> (Option<&str>, &str) {
     match text.split_once(": ") {
-        Some((path, message)) if !path.is_empty() && !path.contains(' ') && path != "." => {
+        Some((path, message))
+            if !path.is_empty()
+                && !path.contains(' ')
+                && path != "."
+                && !path.starts_with(KEY_MARKER) =>
+        {
             (Some(path), message)
         }
         _ => (None, text),

@@ -86,3 +86,14 @@ impl fmt::Display for Number {
         }
     }
 }
+
+/// A message about `leaf`, a key inside the value being deserialized: a
+/// check across several keys runs after they are read, when the tracked
+/// path stops at their parent, so the leaf rides in the message and
+/// `PolicyError::from_yaml` appends it to the path.
+pub fn at_key(leaf: &str, message: impl fmt::Display) -> String {
+    format!("{KEY_MARKER}{leaf}: {message}")
+}
+
+/// Marks a message that starts with a key (see `at_key`).
+pub const KEY_MARKER: char = '@';

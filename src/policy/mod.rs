@@ -11,11 +11,13 @@
 //! repetition limits stop nesting and expansion bombs, and a document that
 //! expands far beyond its size is refused.
 
+mod approval_condition;
 mod document;
 mod error;
 mod gateway_sections;
 mod leaf;
 mod network_entry;
+mod scope;
 mod syscall_names;
 
 use std::path::Path;
@@ -24,6 +26,7 @@ pub use document::{DocumentForm, Metadata, Spec};
 pub use error::PolicyError;
 pub use gateway_sections::Capability;
 pub use network_entry::NetworkEntry;
+pub use scope::Scope;
 pub use syscall_names::{SyscallToken, groups as syscall_groups};
 
 use crate::ruleset::Mode;
@@ -47,12 +50,71 @@ pub struct Policy {
     pub api_version: Option<String>,
     pub metadata: Metadata,
     pub spec: Spec,
+    /// Things in the file that have no effect, said once per load.
+    pub warnings: Vec<String>,
 }
 
 impl Policy {
     /// The policy's `metadata.name`, if it has one.
     pub fn name(&self) -> Option<&str> {
         self.metadata.name.as_ref().map(|n| n.0.as_str())
+    }
+
+    /// What this file uses that upstream Agent Assembly does not define, so
+    /// that an operator knows its tools will refuse (or read differently)
+    /// this file. Empty for a file upstream's validator reads as we do.
+    pub fn extensions(&self) -> Vec<String> {
+        let spec = &self.spec;
+        let mut used = Vec::new();
+        if spec.mode.is_some() {
+            used.push("mode (upstream refuses the key)".to_owned());
+        }
+        if spec.filesystem.as_ref().is_some_and(|fs| fs.deny.is_some()) {
+            used.push("filesystem.deny (upstream refuses the key)".to_owned());
+        }
+        let beyond: Vec<String> = spec
+            .syscalls
+            .iter()
+            .flat_map(|s| &s.allow)
+            .filter(|token| !token.is_upstream_name())
+            .map(ToString::to_string)
+            .collect();
+        if !beyond.is_empty() {
+            let shown = beyond
+                .iter()
+                .take(6)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = beyond.len().saturating_sub(6);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            used.push(format!(
+                "syscall names and groups beyond upstream's 15 names: {shown}{more} (upstream refuses them)"
+            ));
+        }
+        let addresses: Vec<String> = spec
+            .network
+            .iter()
+            .flat_map(|n| &n.allowlist)
+            .filter(|entry| {
+                matches!(
+                    entry,
+                    NetworkEntry::Address(_) | NetworkEntry::Host { port: Some(_), .. }
+                )
+            })
+            .map(ToString::to_string)
+            .collect();
+        if !addresses.is_empty() {
+            used.push(format!(
+                "network.allowlist addresses, networks and ports: {} (upstream's gateway matches host names only, so these match nothing there)",
+                addresses.join(", ")
+            ));
+        }
+        used
     }
 
     pub fn mode(&self) -> Mode {
@@ -124,28 +186,66 @@ impl Policy {
             ));
         }
         let yaml_error = |e| PolicyError::from_yaml(file, &e);
-        let form = DocumentForm::detect(text).map_err(yaml_error)?;
-        let (api_version, metadata, spec) = match form {
+        let root = DocumentForm::detect(text).map_err(yaml_error)?;
+        let (api_version, metadata, spec) = match root.form {
             DocumentForm::Envelope => {
                 let envelope: document::Envelope = from_yaml(text).map_err(yaml_error)?;
                 (
-                    Some(envelope.api_version.0),
+                    envelope.api_version.map(|v| v.0),
                     envelope.metadata,
                     envelope.spec,
                 )
             }
             DocumentForm::Flat => {
                 let flat: document::FlatDocument = from_yaml(text).map_err(yaml_error)?;
-                let (metadata, spec) = flat.into_parts();
-                (None, metadata, spec)
+                (None, None, flat.into_spec())
             }
         };
-        Ok(Policy {
-            form,
+        let mut policy = Policy {
+            form: root.form,
             api_version,
             metadata: metadata.unwrap_or_default(),
             spec,
-        })
+            warnings: Vec::new(),
+        };
+        policy.warnings = policy.ineffective_keys(&root.keys);
+        Ok(policy)
+    }
+
+    /// Keys that are read by nobody (beside an envelope's four, metadata
+    /// other than name, version and description) and capabilities no
+    /// gateway action maps to: accepted as upstream accepts them, never
+    /// dropped silently.
+    fn ineffective_keys(&self, root_keys: &[String]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.form == DocumentForm::Envelope {
+            for key in root_keys
+                .iter()
+                .filter(|k| !document::ENVELOPE_KEYS.contains(&k.as_str()))
+            {
+                warnings.push(format!(
+                    "`{key}` beside spec: has no effect (only apiVersion, kind, metadata and spec are read there; upstream ignores it too); move it under spec: if it is meant"
+                ));
+            }
+        }
+        for key in self.metadata.unread.keys() {
+            warnings.push(format!(
+                "metadata.{key} is not read (only name, version and description are)"
+            ));
+        }
+        if let Some(capabilities) = &self.spec.capabilities {
+            let lists = [("allow", &capabilities.allow), ("deny", &capabilities.deny)];
+            for (list, entries) in lists {
+                for (index, capability) in entries.iter().flatten().enumerate() {
+                    if capability.is_inert() {
+                        warnings.push(format!(
+                            "capabilities.{list}[{index}]: `{capability}` has no effect: no gateway action maps to it yet, and the kernel cannot enforce it"
+                        ));
+                    }
+                }
+            }
+        }
+        warnings
     }
 }
 
@@ -222,7 +322,7 @@ mod tests {
             "apiVersion: agent-assembly.dev/v1\nkind: Policy\nmetadata: {name: a}\nspec:\n  syscalls: {allow: [read]}\n",
         )
         .unwrap();
-        let flat = parse("metadata: {name: a}\nsyscalls: {allow: [read]}\n").unwrap();
+        let flat = parse("syscalls: {allow: [read]}\n").unwrap();
         assert_eq!(envelope.form, DocumentForm::Envelope);
         assert_eq!(flat.form, DocumentForm::Flat);
         assert_eq!(envelope.name(), Some("a"));

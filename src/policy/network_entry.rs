@@ -4,7 +4,8 @@
 //! Why this exists: the kernel's connect hooks see addresses, never names, so
 //! the two kinds must be told apart at parse time and reported differently —
 //! an address becomes an egress rule, a name is kept and reported as not
-//! lowered. Anything that looks like an address but is not a valid one
+//! lowered, and `*` (every host) lifts the egress restriction. Anything
+//! that looks like an address but is not a valid one
 //! (`10.0.0.256`, `10.0.0.1/8`, port 0) is refused rather than read as a name.
 
 use std::fmt;
@@ -21,6 +22,8 @@ pub enum NetworkEntry {
     Address(EgressRule),
     /// `api.example.com`, `*.example.com:443`.
     Host { pattern: String, port: Option<u16> },
+    /// `*`: every host, so egress is not restricted at all.
+    AnyHost,
 }
 
 impl NetworkEntry {
@@ -28,6 +31,14 @@ impl NetworkEntry {
         let raw = raw.trim();
         if raw.is_empty() {
             return Err("network entry is empty".into());
+        }
+        if raw == "*" {
+            return Ok(NetworkEntry::AnyHost);
+        }
+        if let Some(port) = raw.strip_prefix("*:") {
+            return Err(format!(
+                "`{raw}`: `*` takes no port; for every address on port {port} write 0.0.0.0/0:{port} and [::]/0:{port}"
+            ));
         }
         if let Some(rest) = raw.strip_prefix('[') {
             return parse_bracketed_v6(raw, rest).map(NetworkEntry::Address);
@@ -68,6 +79,7 @@ impl fmt::Display for NetworkEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NetworkEntry::Address(rule) => rule.fmt(f),
+            NetworkEntry::AnyHost => f.write_str("*"),
             NetworkEntry::Host {
                 pattern,
                 port: None,

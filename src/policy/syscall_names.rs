@@ -60,7 +60,32 @@ impl SyscallToken {
                 .unwrap_or_default(),
         }
     }
+
+    /// Whether upstream's closed vocabulary (`aa-security`'s 15 names) has
+    /// this token; groups and every other name are our extension.
+    pub fn is_upstream_name(&self) -> bool {
+        matches!(self, SyscallToken::Name(name) if UPSTREAM_SYSCALL_NAMES.contains(&name.as_str()))
+    }
 }
+
+/// The syscall names upstream's validator accepts, and no others.
+pub const UPSTREAM_SYSCALL_NAMES: [&str; 15] = [
+    "read",
+    "write",
+    "close",
+    "fstat",
+    "lseek",
+    "mmap",
+    "munmap",
+    "brk",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "exit",
+    "clock_gettime",
+    "exit_group",
+    "openat",
+    "getrandom",
+];
 
 impl fmt::Display for SyscallToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
