@@ -306,15 +306,17 @@ struct {
 	__type(value, __u32);
 } LOADER_TIDS SEC(".maps");
 
-/* PENDING: confines in progress, written by the loader before it stops a
- * process and removed when it is done. A loader that finds an entry at
- * open (its predecessor was killed mid-confine) undoes that confine: the
- * process is continued if it was stopped for it, unmarked and dropped from
- * the registry. Key: pid (loader's namespace). No probe reads it. */
+/* PENDING: confines and releases in progress, written by the loader before
+ * it stops a process and removed when it is done. A loader that finds an
+ * entry at open (its predecessor was killed midway) leaves the process
+ * unconfined: a confine's client was told it failed, a release's was asked
+ * for. The process is continued if it was stopped for it, unmarked on every
+ * thread and dropped from the registry. Key: pid (loader's namespace). No
+ * probe reads it. */
 struct aa_pending {
 	__u64 start_time;        /* /proc/PID/stat starttime: the process's identity */
 	__u32 stopped_by_loader; /* 1: the loader sent the SIGSTOP */
-	__u32 _pad;
+	__u32 releasing;         /* 1: a release, 0: a confine */
 };
 
 struct {

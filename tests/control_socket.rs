@@ -309,6 +309,57 @@ fn a_peer_that_is_neither_root_nor_in_the_group_is_refused_by_its_credentials() 
     assert_serves_and_never_panicked(&daemon);
 }
 
+/// A client in a nested PID namespace (a container with the socket mounted
+/// in) names processes by numbers that mean other processes to the daemon:
+/// asked from there to confine a host process's number, the daemon would
+/// confine that bystander. Refused, and nothing is confined.
+#[test]
+fn confine_and_release_from_another_pid_namespace_are_refused() {
+    let Some(daemon) = Daemon::start("pid_namespace", &policy_text("kcmp"), &[]) else {
+        return;
+    };
+    let bystander = support::Plain(
+        Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start a bystander"),
+    );
+    let host_pid = bystander.0.id();
+    for verb in ["confine", "release"] {
+        let output = Command::new("unshare")
+            .args(["--fork", "--pid", "--mount-proc"])
+            .arg(env!("CARGO_BIN_EXE_aa-policyd"))
+            .arg(verb)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg(host_pid.to_string())
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .expect("run unshare");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{verb}: {stderr}");
+        assert!(stderr.contains("another PID namespace"), "{verb}: {stderr}");
+    }
+    assert!(
+        !daemon.status().confined.contains(&host_pid),
+        "the bystander was confined"
+    );
+    // From the daemon's own namespace the same request works.
+    let output = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+        .args(["confine", "--socket"])
+        .arg(&daemon.socket)
+        .arg(host_pid.to_string())
+        .output()
+        .expect("confine from the host");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(daemon.status().confined.contains(&host_pid));
+    assert_serves_and_never_panicked(&daemon);
+}
+
 // ---------------------------------------------------------------------------
 // Misbehaving clients
 // ---------------------------------------------------------------------------

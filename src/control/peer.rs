@@ -80,6 +80,26 @@ impl Peer {
     }
 }
 
+/// Whether the process behind `pidfd` sees PIDs as the daemon does. A PID
+/// in a request is read in the daemon's namespace; from a client in a
+/// nested one (a container with the socket mounted in), the same number
+/// names another process here, which would be confined in its place while
+/// the client's own process ran free. The pidfd's `NSpid` line lists the
+/// task's PID in each namespace from ours down to its own: one entry means
+/// ours.
+pub fn pid_namespace_is_ours(pidfd: &impl AsRawFd) -> Result<(), String> {
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
+        .map_err(|e| format!("cannot read the client's PID namespace: {e}"))?;
+    let levels = fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .map(|pids| pids.split_whitespace().collect::<Vec<_>>());
+    match levels.as_deref() {
+        Some([pid]) if *pid != "0" => Ok(()),
+        _ => Err("refused: this client runs in another PID namespace (a container?), where a PID names a different process than in the daemon's; run confine and release from the daemon's PID namespace".to_owned()),
+    }
+}
+
 /// A pidfd for the process that connected (SO_PEERPIDFD, Linux 6.5+; else
 /// `pidfd_open` of its pid, which it keeps while the connection lives).
 pub fn peer_pidfd(socket: &impl AsRawFd, peer: &Peer) -> io::Result<OwnedFd> {

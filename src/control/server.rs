@@ -306,6 +306,15 @@ fn peer_confined(pidfd: Option<&OwnedFd>, context: &ServerContext) -> bool {
     pidfd.is_none_or(|pidfd| context.marks.is_marked(pidfd).unwrap_or(true))
 }
 
+/// Whether `peer` may confine or release `pid`: the number must mean the
+/// same process to both (one PID namespace), and the process must be one
+/// the peer may manage.
+fn peer_may_act_on(peer: &Peer, pidfd: Option<&OwnedFd>, pid: u32) -> Result<(), String> {
+    let pidfd = pidfd.ok_or("refused: the client's process cannot be identified")?;
+    super::peer::pid_namespace_is_ours(pidfd)?;
+    peer.may_manage(pid)
+}
+
 async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), String> {
     let peer = Peer::of(&stream).map_err(|e| format!("reading peer credentials: {e}"))?;
     // Held for the connection's life: the process may be confined after it
@@ -385,14 +394,14 @@ async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), Strin
             Request::Status => {
                 Response::Status(Box::new(StatusReport::clone(&context.status.load())))
             }
-            Request::Confine { pid } => match peer.may_manage(pid) {
+            Request::Confine { pid } => match peer_may_act_on(&peer, pidfd.as_ref(), pid) {
                 Err(e) => error(e),
                 Ok(()) => match ask(context, |reply| Command::Confine { pid, reply }).await {
                     Ok(Ok(())) => Response::Done,
                     Ok(Err(e)) | Err(e) => error(e),
                 },
             },
-            Request::Release { pid } => match peer.may_manage(pid) {
+            Request::Release { pid } => match peer_may_act_on(&peer, pidfd.as_ref(), pid) {
                 Err(e) => error(e),
                 Ok(()) => match ask(context, |reply| Command::Release { pid, reply }).await {
                     Ok(Ok(())) => Response::Done,

@@ -99,7 +99,7 @@ pub struct LoaderConfig {
     pub loader_pgid: u32,
 }
 
-/// `PENDING` value (key: pid): a confine in progress.
+/// `PENDING` value (key: pid): a confine or a release in progress.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Pending {
@@ -107,7 +107,8 @@ pub struct Pending {
     pub start_time: u64,
     /// 1 when the loader sent the SIGSTOP (and must send the SIGCONT).
     pub stopped_by_loader: u32,
-    pub _pad: u32,
+    /// 1 for a release, 0 for a confine.
+    pub releasing: u32,
 }
 
 /// `CONFINED` value (key: TGID).

@@ -4,7 +4,15 @@
 //! mark), written through a pidfd so a reused PID is never marked; the
 //! registry (a hash of TGIDs) exists because task storage cannot be
 //! enumerated. Marks are written while the process is stopped
-//! (`process::with_stopped`), so no thread is created unmarked meanwhile.
+//! (`process::with_stopped`), leader first, and then settled: the threads
+//! are listed and marked again until a listing finds every one marked. The
+//! stop alone is not enough, since any process of the same user can
+//! continue the target (SIGCONT) while its threads are being marked. The
+//! leader first is what makes it sound: a new thread inherits the mark of
+//! its creator or, failing that, of its process's leader (`task_newtask`),
+//! so once the leader is marked no thread is created unmarked; a thread
+//! created before that was linked into the process before its creation hook
+//! ran, so the first listing after the leader's mark holds it.
 //!
 //! # Identity
 //! A registry entry is a PID number, and numbers are reused. An entry
@@ -175,7 +183,7 @@ impl KernelLoader {
                 reason: "no such process".into(),
             })?,
             stopped_by_loader: u32::from(!process::is_stopped(pid)),
-            _pad: 0,
+            releasing: 0,
         };
         self.map_ops += 1;
         self.maps
@@ -217,32 +225,41 @@ impl KernelLoader {
         result
     }
 
-    /// Undoes every confine a killed loader left half done (see `PENDING`
-    /// in `probes/aa_policy.h`): its client was told it failed, so the
-    /// process must end as it was — continued if it was stopped for it,
-    /// with no mark on any thread and no registry entry. Returns the pids.
-    pub(super) fn recover_pending(&mut self) -> Result<Vec<u32>, LoaderError> {
+    /// Finishes every confine or release a killed loader left half done
+    /// (see `PENDING` in `probes/aa_policy.h`) the one way both can end
+    /// safely: unconfined. A confine's client was told it failed, a
+    /// release's asked for exactly that. The process is continued if it was
+    /// stopped for it, with no mark on any thread and no registry entry.
+    pub(super) fn recover_pending(&mut self) -> Result<Vec<Recovered>, LoaderError> {
         let pending: Vec<(u32, Pending)> =
             self.maps.pending.iter().filter_map(Result::ok).collect();
-        let mut undone = Vec::with_capacity(pending.len());
+        let mut recovered = Vec::with_capacity(pending.len());
         for (pid, entry) in pending {
             self.map_ops += 1;
             if process::start_time(pid) == Some(entry.start_time) {
                 let threads = process::threads(pid).unwrap_or_default();
-                self.mark_threads(pid, &threads, false)?;
-                self.forget_process(pid)?;
+                // A process whose threads keep appearing marked stays
+                // registered (and so confined, and shown), never half so.
+                let unmarked = self.mark_threads(pid, &threads, false).is_ok();
+                if unmarked {
+                    self.forget_process(pid)?;
+                }
                 if entry.stopped_by_loader != 0
                     && process::is_stopped(pid)
                     && let Ok(pidfd) = sys::pidfd_open(pid, false)
                 {
                     let _ = sys::pidfd_send_signal(&pidfd, libc::SIGCONT);
                 }
-                undone.push(pid);
+                recovered.push(Recovered {
+                    pid,
+                    was_release: entry.releasing != 0,
+                    unmarked,
+                });
             }
             remove_ignoring_missing(self.maps.pending.remove(&pid))
                 .map_err(map_err("PENDING", pid.to_string()))?;
         }
-        Ok(undone)
+        Ok(recovered)
     }
 
     /// Releases `pid`, which must be a confined process (checked, so that
@@ -259,57 +276,156 @@ impl KernelLoader {
             });
         }
         self.checked.remove(&pid);
-        process::with_stopped(pid, |threads| self.mark_threads(pid, threads, false))?;
-        self.forget_process(pid)?;
-        self.sync_hooks()?;
-        Ok(())
+        // Recorded first, as for a confine: a loader killed midway would
+        // leave the process stopped and partly marked.
+        let pending = Pending {
+            start_time: process::start_time(pid).ok_or_else(|| LoaderError::Process {
+                pid,
+                reason: "no such process".into(),
+            })?,
+            stopped_by_loader: u32::from(!process::is_stopped(pid)),
+            releasing: 1,
+        };
+        self.map_ops += 1;
+        self.maps
+            .pending
+            .insert(pid, pending, 0)
+            .map_err(map_err("PENDING", pid.to_string()))?;
+        crate::fault::point("release.recorded");
+        let result = process::with_stopped(pid, |threads| {
+            let unmarked = self.mark_threads(pid, threads, false);
+            crate::fault::point("release.unmarked");
+            unmarked
+        })
+        .and_then(|()| self.forget_process(pid))
+        .and_then(|()| self.sync_hooks().map(|_| ()));
+        self.map_ops += 1;
+        let _ = remove_ignoring_missing(self.maps.pending.remove(&pid));
+        result
     }
 
+    /// Marks (or unmarks) `threads`, the leader first, then settles (see
+    /// the module doc): lists the threads again and marks what is not,
+    /// until a listing finds every thread of `pid` as wanted. Unmarking has
+    /// no such order to rely on (a marked thread's new threads are marked):
+    /// a release whose threads keep appearing marked ends in an error and
+    /// keeps the process registered, so `status` never hides a mark.
     pub(super) fn mark_threads(
         &mut self,
         pid: u32,
         threads: &[u32],
         confined: bool,
     ) -> Result<(), LoaderError> {
+        if confined {
+            self.set_mark(pid, pid, true, false)?;
+        }
+        for &tid in threads {
+            crate::fault::point(if confined {
+                "confine.thread"
+            } else {
+                "release.thread"
+            });
+            self.set_mark(pid, tid, confined, false)?;
+        }
+        for _ in 0..SETTLE_PASSES {
+            // A process gone meanwhile has nothing left to mark; the callers
+            // check that it is still alive.
+            let Ok(listed) = process::threads(pid) else {
+                return Ok(());
+            };
+            let mut changed = 0;
+            for tid in listed {
+                if self.set_mark(pid, tid, confined, true)? {
+                    changed += 1;
+                }
+            }
+            if changed == 0 {
+                return Ok(());
+            }
+        }
+        Err(LoaderError::Process {
+            pid,
+            reason: format!(
+                "its threads kept appearing {} for {SETTLE_PASSES} listings",
+                if confined { "unmarked" } else { "marked" }
+            ),
+        })
+    }
+
+    /// Marks or unmarks one thread of `pid`; with `if_needed`, only when its
+    /// mark differs. Returns whether it wrote.
+    fn set_mark(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        confined: bool,
+        if_needed: bool,
+    ) -> Result<bool, LoaderError> {
+        let pidfd = match sys::pidfd_open(tid, true) {
+            Ok(pidfd) => pidfd,
+            // The thread exited after it was listed: nothing to mark.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+            Err(e) => {
+                return Err(LoaderError::io(
+                    format!("pidfd_open({tid}, PIDFD_THREAD) for pid {pid}"),
+                    e,
+                ));
+            }
+        };
+        // A TID is reused only after its thread is reaped; if the TID is
+        // still in this process after the pidfd pinned its task, the pidfd
+        // names our thread and not another process's task.
+        if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
+            return Ok(false);
+        }
+        let map = self.maps.task_mark.fd().as_fd();
+        if if_needed {
+            self.map_ops += 1;
+            let marked = sys::task_storage_contains::<TaskMark>(map, &pidfd).map_err(|e| {
+                LoaderError::io(format!("bpf_map_lookup_elem TASK_MARK tid {tid}"), e)
+            })?;
+            if marked == confined {
+                return Ok(false);
+            }
+        }
+        self.map_ops += 1;
         let mark = TaskMark {
             confined: 1,
             flags: 0,
             guarded: 0,
         };
-        for &tid in threads {
-            if confined {
-                crate::fault::point("confine.thread");
-            }
-            let pidfd = match sys::pidfd_open(tid, true) {
-                Ok(pidfd) => pidfd,
-                // The thread exited after it was listed: nothing to mark.
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
-                Err(e) => {
-                    return Err(LoaderError::io(
-                        format!("pidfd_open({tid}, PIDFD_THREAD) for pid {pid}"),
-                        e,
-                    ));
-                }
-            };
-            // A TID is reused only after its thread is reaped; if the TID is
-            // still in this process after the pidfd pinned its task, the
-            // pidfd names our thread and not another process's task.
-            if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
-                continue;
-            }
-            self.map_ops += 1;
-            let result = if confined {
-                sys::task_storage_update(self.maps.task_mark.fd().as_fd(), &pidfd, &mark)
-            } else {
-                sys::task_storage_delete(self.maps.task_mark.fd().as_fd(), &pidfd)
-            };
-            result.map_err(|e| {
-                LoaderError::io(
-                    format!("bpf_map_update_elem TASK_MARK pid {pid} tid {tid}"),
-                    e,
-                )
-            })?;
+        let result = if confined {
+            sys::task_storage_update(map, &pidfd, &mark)
+        } else {
+            sys::task_storage_delete(map, &pidfd)
+        };
+        // ENOENT: the pidfd's thread has exited since it was opened (task
+        // storage refuses a task that is gone), so there is nothing to mark.
+        if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
+            return Ok(false);
         }
-        Ok(())
+        result.map_err(|e| {
+            LoaderError::io(
+                format!("bpf_map_update_elem TASK_MARK pid {pid} tid {tid}"),
+                e,
+            )
+        })?;
+        Ok(true)
     }
+}
+
+/// Listings after which threads that keep appearing unmarked (created
+/// faster than they are marked, by threads not marked yet) end the confine
+/// with an error instead of a loop.
+const SETTLE_PASSES: usize = 64;
+
+/// A confine or release that a killed loader left half done, finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    pub pid: u32,
+    /// A release (else a confine, undone).
+    pub was_release: bool,
+    /// Every thread was unmarked and the entry dropped; otherwise the
+    /// process stays registered as confined.
+    pub unmarked: bool,
 }

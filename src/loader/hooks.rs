@@ -197,6 +197,10 @@ impl KernelLoader {
         // Threads this process made while nothing was attached to see them.
         self.register_loader_threads(false)?;
         let mut cgroup_root: Option<File> = None;
+        // Gone if the pin dir was renamed or removed while no hook was
+        // attached (the repair puts back only what is held).
+        let links_dir = self.pins.links();
+        std::fs::create_dir_all(&links_dir).map_err(pin_err(&links_dir))?;
         for (object, program, attach) in HOOKS {
             if self.links.iter().any(|held| held.program == program) {
                 continue;

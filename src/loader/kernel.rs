@@ -130,11 +130,24 @@ impl KernelLoader {
         // An apply writes only its delta there, so it must start from a
         // copy of the active slot.
         loader.resync_inactive()?;
-        for pid in loader.recover_pending()? {
-            tracing::warn!(
-                pid,
-                "undid the confine of pid {pid} that a previous loader left half done (it was continued and unmarked)"
-            );
+        for recovered in loader.recover_pending()? {
+            let pid = recovered.pid;
+            if !recovered.unmarked {
+                tracing::error!(
+                    pid,
+                    "pid {pid}, left half done by a previous loader, kept creating marked threads while being unmarked: it stays confined (release it again)"
+                );
+            } else if recovered.was_release {
+                tracing::warn!(
+                    pid,
+                    "finished the release of pid {pid} that a previous loader left half done (it was continued and unmarked)"
+                );
+            } else {
+                tracing::warn!(
+                    pid,
+                    "undid the confine of pid {pid} that a previous loader left half done (it was continued and unmarked)"
+                );
+            }
         }
         Ok(loader)
     }

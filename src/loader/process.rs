@@ -21,7 +21,8 @@ use super::{Loader, LoaderError, sys};
 
 /// How long to wait for a process to reach the stopped state. Short: the
 /// reconcile loop waits meanwhile, and a process that does not stop in
-/// this time (traced, or in a long uninterruptible sleep) is refused.
+/// this time (traced, in a long uninterruptible sleep, or continued by an
+/// accomplice as fast as it is stopped) is acted on while it runs.
 const STOP_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// PF_KTHREAD in the flags field of /proc/PID/stat.
@@ -131,9 +132,14 @@ fn check_is_process(pid: u32) -> Result<(), LoaderError> {
     }
 }
 
-/// Runs `action` with every thread of `pid` stopped, passing the thread
-/// ids. A process that was running is continued afterwards; one that was
-/// already stopped (a child that stopped itself) is left stopped.
+/// Runs `action` with every thread of `pid` stopped if it can be, passing
+/// the thread ids. The stop only keeps the thread list still: any process
+/// of the same user can continue the target (SIGCONT) at any moment, so
+/// `action` must be correct on a running process (marking settles: see
+/// `confinement`), and a process that does not stay stopped within
+/// `STOP_TIMEOUT` is acted on running rather than refused. A process that
+/// was running is continued afterwards; one that was already stopped (a
+/// child that stopped itself) is left stopped.
 pub fn with_stopped<T>(
     pid: u32,
     action: impl FnOnce(&[u32]) -> Result<T, LoaderError>,
@@ -146,14 +152,16 @@ pub fn with_stopped<T>(
         sys::pidfd_send_signal(&pidfd, libc::SIGSTOP)
             .map_err(|e| process_err(pid, format!("stopping it (SIGSTOP): {e}")))?;
     }
-    let result = wait_all_stopped(pid).and_then(|tids| {
-        // The process is alive (not reaped), so its PID is still its own;
-        // each thread's pidfd is checked against the process when it is
-        // marked (a thread's TID can be reused once that thread is reaped).
-        sys::pidfd_send_signal(&pidfd, 0)
-            .map_err(|e| process_err(pid, format!("exited meanwhile: {e}")))?;
-        action(&tids)
-    });
+    let result = wait_all_stopped(pid)
+        .or_else(|resisted| threads(pid).map_err(|_| resisted))
+        .and_then(|tids| {
+            // The process is alive (not reaped), so its PID is still its own;
+            // each thread's pidfd is checked against the process when it is
+            // marked (a thread's TID can be reused once that thread is reaped).
+            sys::pidfd_send_signal(&pidfd, 0)
+                .map_err(|e| process_err(pid, format!("exited meanwhile: {e}")))?;
+            action(&tids)
+        });
     if !was_stopped {
         let continued = sys::pidfd_send_signal(&pidfd, libc::SIGCONT);
         if let (Ok(_), Err(e)) = (&result, continued) {

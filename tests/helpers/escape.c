@@ -1,5 +1,5 @@
 /* Escape attempts for the kernel tests: each mode tries one way out of the
- * confinement and prints what happened, so the test can tell an escape
+ * confinement (or helps another process try) and prints what happened, so the test can tell an escape
  * (the call worked and the process lived) from enforcement (the process was
  * killed, or the call failed with EPERM).
  *
@@ -325,12 +325,56 @@ static int packet_socket(void)
 	return 0;
 }
 
+/* relay N: N chains of short-lived threads; each thread starts the next
+ * and exits, so the thread list never holds still. A thread created by an
+ * unmarked thread is unmarked: if confine misses one link, the whole chain
+ * after it runs free. */
+static void *relay_link(void *arg)
+{
+	pthread_t next;
+	usleep(200);
+	while (pthread_create(&next, NULL, relay_link, arg))
+		usleep(100);
+	pthread_detach(next);
+	return NULL;
+}
+
+static int relay(char **argv)
+{
+	int chains = atoi(argv[2]);
+	for (int i = 0; i < chains; i++) {
+		pthread_t first;
+		if (pthread_create(&first, NULL, relay_link, NULL))
+			return 1;
+		pthread_detach(first);
+	}
+	printf("relaying\n");
+	for (;;)
+		pause();
+}
+
+/* cont PID: continue PID as fast as possible, as a confined process's
+ * accomplice would while the daemon holds it stopped. */
+static int cont(char **argv)
+{
+	pid_t pid = atoi(argv[2]);
+	for (;;) {
+		if (kill(pid, SIGCONT))
+			return 0;
+		usleep(50);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
 	if (argc < 2)
 		return 2;
 	const char *mode = argv[1];
+	if (!strcmp(mode, "relay") && argc == 3)
+		return relay(argv);
+	if (!strcmp(mode, "cont") && argc == 3)
+		return cont(argv);
 	if (!strcmp(mode, "storm") && argc >= 4)
 		return storm(argc, argv);
 	if (!strcmp(mode, "uring-unlink") && argc == 6)
