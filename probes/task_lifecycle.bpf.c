@@ -34,11 +34,12 @@ int task_new(unsigned long long *ctx)
 		bpf_map_update_elem(&LOADER_TIDS, &tid, &one, BPF_ANY);
 	}
 	struct aa_task_mark *parent_mark = aa_mark_of(parent);
-	/* A thread also inherits its process's leader's mark: `confine` marks
-	 * the leader first, so from then on no thread of the process can be
-	 * created unmarked, even by a thread it has not reached yet (another
-	 * process may continue the target while it is being marked). */
-	if (!parent_mark && (clone_flags & AA_CLONE_THREAD))
+	/* A new task also inherits its creator's process leader's mark:
+	 * `confine` marks the leader first, so from then on no thread or child
+	 * process of the target is created unmarked, even by a thread it has
+	 * not reached yet (another process may continue the target while it
+	 * is being marked). */
+	if (!parent_mark)
 		parent_mark = aa_mark_of(parent->group_leader);
 	if (!parent_mark)
 		return 0;

@@ -360,6 +360,112 @@ fn confine_and_release_from_another_pid_namespace_are_refused() {
     assert_serves_and_never_panicked(&daemon);
 }
 
+/// Speaks to the socket on a connection made by a child that then exits
+/// and is reaped: the daemon's record of the peer then names a dead
+/// process, which has no mark and no PID namespace left to show. Prints
+/// each answer (or why there was none) on a line.
+const REAPED_CONNECTOR: &str = r#"
+import json, os, socket, struct, sys, time
+path, verb, pid, tries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def frame(s, obj):
+    body = json.dumps(obj).encode()
+    s.sendall(struct.pack(">I", len(body)) + body)
+def answer(s):
+    head = s.recv(4, socket.MSG_WAITALL)
+    body = s.recv(struct.unpack(">I", head)[0], socket.MSG_WAITALL)
+    return json.loads(body)
+for _ in range(tries):
+    s = socket.socket(socket.AF_UNIX)
+    child = os.fork()
+    if child == 0:
+        s.connect(path)
+        os._exit(0)
+    os.waitpid(child, 0)
+    time.sleep(0.05)
+    try:
+        frame(s, {"request": "hello", "version": 1})
+        answer(s)
+        frame(s, {"request": verb, "pid": pid if pid else os.getpid()})
+        print(answer(s).get("response"), flush=True)
+    except Exception as e:
+        print("no answer:", type(e).__name__, flush=True)
+    s.close()
+"#;
+
+/// A socket outlives the process that connected it. From a nested PID
+/// namespace, a connector that exits before the request used to pass the
+/// namespace check (its pidfd reads `NSpid: -1`) and confined a host
+/// process by its number.
+#[test]
+fn a_connection_whose_connector_was_reaped_cannot_confine_across_namespaces() {
+    let Some(daemon) = Daemon::start("reaped_connector", &policy_text("kcmp"), &[]) else {
+        return;
+    };
+    let bystander = support::Plain(
+        Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start a bystander"),
+    );
+    let host_pid = bystander.0.id();
+    let output = Command::new("unshare")
+        .args([
+            "--fork",
+            "--pid",
+            "--mount-proc",
+            "python3",
+            "-c",
+            REAPED_CONNECTOR,
+        ])
+        .arg(&daemon.socket)
+        .args(["confine", &host_pid.to_string(), "5"])
+        .output()
+        .expect("run the connector");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        5,
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!stdout.contains("done"), "{stdout}");
+    assert!(
+        !daemon.status().confined.contains(&host_pid),
+        "the bystander was confined"
+    );
+    assert_serves_and_never_panicked(&daemon);
+}
+
+/// The same trick from inside: a confined process has a child connect,
+/// reaps it, and asks on the child's connection to release itself.
+#[test]
+fn a_confined_process_cannot_release_itself_through_a_reaped_childs_connection() {
+    let Some(daemon) = Daemon::start("reaped_self_release", &policy_text("kcmp"), &[]) else {
+        return;
+    };
+    let output = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+        .args(["exec", "--socket"])
+        .arg(&daemon.socket)
+        .args(["--", "python3", "-c", REAPED_CONNECTOR])
+        .arg(&daemon.socket)
+        .args(["release", "0", "40"])
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .expect("run the confined connector");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        40,
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !stdout.contains("done"),
+        "a confined process released itself: {stdout}"
+    );
+    assert_serves_and_never_panicked(&daemon);
+}
+
 // ---------------------------------------------------------------------------
 // Misbehaving clients
 // ---------------------------------------------------------------------------

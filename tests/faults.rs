@@ -17,6 +17,7 @@ mod support;
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -385,6 +386,164 @@ fn a_confine_raced_by_sigcont_leaves_no_thread_unmarked() {
     }
     eprintln!("{confined} confines raced by SIGCONT, {refused} refused, no thread left unmarked");
     assert_eq!(refused, 0, "the accomplice kept the confine from happening");
+}
+
+/// Clock ticks since boot, as `/proc/PID/stat` counts a process's start.
+fn boot_ticks() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    // SAFETY: plain sysconf.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    now.tv_sec as u64 * hz + now.tv_nsec as u64 * hz / 1_000_000_000
+}
+
+/// The live children of `parent`, with their start time in boot ticks.
+fn children_of(parent: u32) -> Vec<(u32, u64)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        // Fields after the name: state(3) ppid(4) ... starttime(22).
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = fields.get(1).and_then(|f| f.parse::<u32>().ok());
+        let start = fields.get(19).and_then(|f| f.parse::<u64>().ok());
+        if let (Some(ppid), Some(start), Some(state)) = (ppid, start, fields.first())
+            && ppid == parent
+            && *state != "Z"
+        {
+            children.push((pid, start));
+        }
+    }
+    children
+}
+
+/// While an accomplice keeps the target from staying stopped, the confine
+/// takes up to the stop timeout (0.5 s); the target's threads fork all
+/// along. A child forked by a thread not marked yet was an unconfined
+/// process. The leader is now marked before the stop, and a new task
+/// inherits its creator's leader's mark: from the first child born marked
+/// on, every later child (by PID; two forking threads may cross by a few)
+/// is marked, and that first marked child comes well before the stop
+/// timeout has run out.
+#[test]
+fn children_forked_while_a_confine_is_held_up_are_confined() {
+    let Some(helper) = support::escape_helper("fork_window") else {
+        return;
+    };
+    let Some(daemon) = Daemon::start("fork_window", POLICIES[0], &[]) else {
+        return;
+    };
+    let marks = MarkReader::open(&daemon.pin_dir).expect("marks");
+    for round in 0..3 {
+        let target = Plain(
+            Command::new(&helper)
+                .args(["forker", "2"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start the forker"),
+        );
+        let pid = target.0.id();
+        let _accomplice = Plain(
+            Command::new(&helper)
+                .args(["cont", &pid.to_string()])
+                .spawn()
+                .expect("start the accomplice"),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let asked = boot_ticks();
+        match daemon.client().request(&Request::Confine { pid }) {
+            Ok(Response::Done) => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+        let mut children: Vec<(u32, u64, bool)> = children_of(pid)
+            .into_iter()
+            .filter(|&(_, start)| start >= asked)
+            .map(|(child, start)| (child, start, marked(&marks, child)))
+            .filter(|&(child, _, _)| Path::new(&format!("/proc/{child}")).exists())
+            .collect();
+        children.sort();
+        let Some(&(first_marked, born, _)) = children.iter().find(|c| c.2) else {
+            panic!("round {round}: no child of the confined forker is marked");
+        };
+        assert!(
+            born < asked + 30,
+            "round {round}: the first marked child came {} ticks after the request (the leader was marked late)",
+            born - asked
+        );
+        let unmarked: Vec<u32> = children
+            .iter()
+            .filter(|&&(child, _, is_marked)| child > first_marked + 4 && !is_marked)
+            .map(|c| c.0)
+            .collect();
+        let later = children.iter().filter(|c| c.0 > first_marked).count();
+        assert!(
+            later > 50,
+            "round {round}: only {later} children after the mark"
+        );
+        assert!(
+            unmarked.is_empty(),
+            "round {round}: children forked after the leader's mark run unconfined: {unmarked:?}"
+        );
+    }
+}
+
+/// A process confined, killed, and its number given to a new process at
+/// once: the number's old pidfd, remembered from the first confine, must
+/// not make the new process look like it exited mid-confine.
+#[test]
+fn a_reused_pid_can_be_confined_again() {
+    let Some(helper) = support::escape_helper("pid_reuse") else {
+        return;
+    };
+    let Some(daemon) = Daemon::start("pid_reuse", POLICIES[0], &[]) else {
+        return;
+    };
+    let first = threaded_target();
+    let pid = first.0.id();
+    match daemon.client().request(&Request::Confine { pid }) {
+        Ok(Response::Done) => {}
+        other => panic!("confine the first process: {other:?}"),
+    }
+    drop(first); // killed and reaped
+    daemon.wait_for("the exit leaves the registry", |s| {
+        !s.confined.contains(&pid)
+    });
+    let out = Command::new(&helper)
+        .args(["pid-at", &pid.to_string()])
+        .output()
+        .expect("start a process with the same pid");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said.trim(), format!("started {pid}"), "{said}");
+    /// The second process is a grandchild: killed by its number, which
+    /// is ours until it is reaped by init.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: a process this test started.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+    let _second = KillOnDrop(pid);
+    match daemon.client().request(&Request::Confine { pid }) {
+        Ok(Response::Done) => {}
+        other => panic!("confine the process that reused the number: {other:?}"),
+    }
+    assert!(daemon.status().confined.contains(&pid));
 }
 
 /// Renaming the pin dir while nothing is confined (no hook attached, so no

@@ -94,8 +94,9 @@ pub fn pid_namespace_is_ours(pidfd: &impl AsRawFd) -> Result<(), String> {
         .lines()
         .find_map(|line| line.strip_prefix("NSpid:"))
         .map(|pids| pids.split_whitespace().collect::<Vec<_>>());
+    // A reaped process reads `-1`, one not visible here `0`.
     match levels.as_deref() {
-        Some([pid]) if *pid != "0" => Ok(()),
+        Some([pid]) if pid.parse::<i64>().is_ok_and(|pid| pid > 0) => Ok(()),
         _ => Err("refused: this client runs in another PID namespace (a container?), where a PID names a different process than in the daemon's; run confine and release from the daemon's PID namespace".to_owned()),
     }
 }

@@ -302,8 +302,13 @@ const CONFINED_PEER: &str = "permission denied: a confined process (or one that 
 
 /// Whether the peer behind `pidfd` is confined; fails closed (a peer that
 /// cannot be told apart counts as confined).
+/// Whether the peer must be treated as confined: it is, or it cannot be
+/// checked — no pidfd, or the process that connected has exited. A
+/// socket outlives the process that connected it, and the pidfd of a
+/// reaped process finds no mark; a confined process could otherwise have
+/// a child connect, reap it, and speak on the child's socket unchecked.
 fn peer_confined(pidfd: Option<&OwnedFd>, context: &ServerContext) -> bool {
-    pidfd.is_none_or(|pidfd| context.marks.is_marked(pidfd).unwrap_or(true))
+    pidfd.is_none_or(|pidfd| context.marks.is_marked_or_unknown(pidfd))
 }
 
 /// Whether `peer` may confine or release `pid`: the number must mean the

@@ -3,16 +3,18 @@
 //! Why this exists: confinement belongs to the task (a BPF task-storage
 //! mark), written through a pidfd so a reused PID is never marked; the
 //! registry (a hash of TGIDs) exists because task storage cannot be
-//! enumerated. Marks are written while the process is stopped
-//! (`process::with_stopped`), leader first, and then settled: the threads
-//! are listed and marked again until a listing finds every one marked. The
-//! stop alone is not enough, since any process of the same user can
-//! continue the target (SIGCONT) while its threads are being marked. The
-//! leader first is what makes it sound: a new thread inherits the mark of
-//! its creator or, failing that, of its process's leader (`task_newtask`),
-//! so once the leader is marked no thread is created unmarked; a thread
-//! created before that was linked into the process before its creation hook
-//! ran, so the first listing after the leader's mark holds it.
+//! enumerated. The leader is marked first, then the process is stopped if
+//! it stays stopped (`process::with_stopped`) and every thread is marked,
+//! and then the marks are settled: the threads are listed and marked again
+//! until a listing finds every one marked. The stop is no guarantee: any
+//! process of the same user can continue the target (SIGCONT) meanwhile.
+//! The leader first is what makes it sound: a new task inherits the mark of
+//! its creator or, failing that, of its creator's process leader
+//! (`task_newtask`), so once the leader is marked no thread and no child
+//! process is created unmarked; a thread created before that was linked
+//! into the process before its creation hook ran, so the first listing
+//! after the leader's mark holds it. Child processes made before the
+//! leader's mark are children the process already had: not confined.
 //!
 //! # Identity
 //! A registry entry is a PID number, and numbers are reused. An entry
@@ -21,7 +23,7 @@
 //! any other entry is stale and is removed. `confine`, `release` and
 //! `status` act only on processes checked this way.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use aya::maps::PerCpuValues;
@@ -52,6 +54,13 @@ impl MarkReader {
     pub fn is_marked(&self, pidfd: &OwnedFd) -> std::io::Result<bool> {
         sys::task_storage_contains::<TaskMark>(self.map.as_fd(), pidfd)
     }
+
+    /// Whether the process behind `pidfd` is confined or cannot be shown
+    /// not to be: it has exited (a reaped process has no mark to find) or
+    /// the look-up failed.
+    pub fn is_marked_or_unknown(&self, pidfd: &OwnedFd) -> bool {
+        sys::pidfd_exited(pidfd) || self.is_marked(pidfd).unwrap_or(true)
+    }
 }
 
 /// How many confined processes are remembered by pidfd between checks.
@@ -63,18 +72,6 @@ enum Entry {
     Confined,
     /// The number names no confined live process (exited, or reused).
     Stale,
-}
-
-/// Whether the process behind `pidfd` has exited (a zombie or reaped).
-fn exited(pidfd: &OwnedFd) -> bool {
-    let mut pollfd = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call; no waiting.
-    let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
-    ready > 0 && pollfd.revents & libc::POLLIN != 0
 }
 
 impl KernelLoader {
@@ -93,11 +90,12 @@ impl KernelLoader {
     /// `release`, which forgets it).
     fn check_entry(&mut self, pid: u32) -> Result<Entry, LoaderError> {
         if let Some(pidfd) = self.checked.get(&pid) {
-            if !exited(pidfd) {
+            if !sys::pidfd_exited(pidfd) {
                 return Ok(Entry::Confined);
             }
+            // The remembered process exited; the number may already name
+            // a new one (confined since, or being confined): check afresh.
             self.checked.remove(&pid);
-            return Ok(Entry::Stale);
         }
         let pidfd = match sys::pidfd_open(pid, false) {
             Ok(pidfd) => pidfd,
@@ -110,7 +108,7 @@ impl KernelLoader {
                 .map_err(|e| {
                     LoaderError::io(format!("bpf_map_lookup_elem TASK_MARK pid {pid}"), e)
                 })?;
-        if marked && !exited(&pidfd) {
+        if marked && !sys::pidfd_exited(&pidfd) {
             // Each kept pidfd is a descriptor: beyond a bound, check afresh.
             if self.checked.len() < CHECKED_KEPT {
                 self.checked.insert(pid, pidfd);
@@ -191,7 +189,7 @@ impl KernelLoader {
             .insert(pid, pending, 0)
             .map_err(map_err("PENDING", pid.to_string()))?;
         crate::fault::point("confine.recorded");
-        let result = process::with_stopped(pid, |threads| {
+        let mut confine = || -> Result<(), LoaderError> {
             self.attach_hooks()?;
             self.map_ops += 1;
             self.maps
@@ -199,19 +197,27 @@ impl KernelLoader {
                 .insert(pid, Confined::default(), 0)
                 .map_err(map_err("CONFINED", pid.to_string()))?;
             crate::fault::point("confine.registered");
-            self.mark_threads(pid, threads, true)?;
-            crate::fault::point("confine.marked");
-            self.forget_guard_cache()?;
-            // A process that died meanwhile never reaches the exit hook
-            // again: its entry would stay.
-            match self.check_entry(pid)? {
-                Entry::Confined => Ok(()),
-                Entry::Stale => Err(LoaderError::Process {
-                    pid,
-                    reason: "exited while it was being confined".into(),
-                }),
-            }
-        });
+            // The leader before the stop: from its mark on, every task the
+            // process creates is marked at birth (see the module doc), so
+            // the time the stop may take (up to STOP_TIMEOUT against an
+            // accomplice) is no window for unmarked threads or children.
+            self.set_mark(pid, pid, true, false)?;
+            process::with_stopped(pid, |threads| {
+                self.mark_threads(pid, threads, true)?;
+                crate::fault::point("confine.marked");
+                self.forget_guard_cache()?;
+                // A process that died meanwhile never reaches the exit hook
+                // again: its entry would stay.
+                match self.check_entry(pid)? {
+                    Entry::Confined => Ok(()),
+                    Entry::Stale => Err(LoaderError::Process {
+                        pid,
+                        reason: "exited while it was being confined".into(),
+                    }),
+                }
+            })
+        };
+        let result = confine();
         if result.is_err() {
             // Best effort: a process we failed to confine must not stay
             // half-marked or registered, and idle hooks must not stay

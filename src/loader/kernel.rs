@@ -130,7 +130,12 @@ impl KernelLoader {
         // An apply writes only its delta there, so it must start from a
         // copy of the active slot.
         loader.resync_inactive()?;
-        for recovered in loader.recover_pending()? {
+        let recovered = loader.recover_pending()?;
+        if !recovered.is_empty() {
+            // Hooks kept attached only for a process just unconfined go.
+            loader.sync_hooks()?;
+        }
+        for recovered in recovered {
             let pid = recovered.pid;
             if !recovered.unmarked {
                 tracing::error!(

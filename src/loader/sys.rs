@@ -80,6 +80,19 @@ pub fn task_storage_update<V: Copy>(
     )
 }
 
+/// Whether the process behind `pidfd` has exited (a zombie, or reaped:
+/// a pidfd outlives its process and then polls readable).
+pub fn pidfd_exited(pidfd: &impl AsRawFd) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; no waiting.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    ready != 0 && (ready < 0 || pollfd.revents != 0)
+}
+
 /// Removes the task-storage value of the task behind `pidfd`; a task that
 /// has none is not an error.
 pub fn task_storage_delete(map: BorrowedFd<'_>, pidfd: &OwnedFd) -> io::Result<()> {

@@ -365,12 +365,76 @@ static int cont(char **argv)
 	}
 }
 
+/* forker N: N threads, each forking a child every 300 us (the child
+ * sleeps 3 s); children that exit are reaped. A child made by a thread not
+ * marked yet would be an unconfined process. */
+static void *fork_loop(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		pid_t child = fork();
+		if (child == 0) {
+			sleep(3);
+			_exit(0);
+		}
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		usleep(300);
+	}
+	return NULL;
+}
+
+static int forker(char **argv)
+{
+	int threads = atoi(argv[2]);
+	for (int i = 0; i < threads; i++) {
+		pthread_t thread;
+		if (pthread_create(&thread, NULL, fork_loop, NULL))
+			return 1;
+	}
+	printf("forking\n");
+	for (;;)
+		pause();
+}
+
+/* pid-at PID: starts `sleep 60` with exactly PID (clone3 set_tid, root
+ * only), to reuse the number of a process that just exited; prints
+ * "started PID" or why not. */
+static int pid_at(char **argv)
+{
+	pid_t want = atoi(argv[2]);
+	struct clone_args args = {
+		.exit_signal = SIGCHLD,
+		.set_tid = (uint64_t)(uintptr_t)&want,
+		.set_tid_size = 1,
+	};
+	long child = syscall(SYS_clone3, &args, sizeof(args));
+	if (child == 0) {
+		/* Not the caller's pipe: it would wait for sleep to end. */
+		int devnull = open("/dev/null", O_WRONLY);
+		dup2(devnull, 1);
+		dup2(devnull, 2);
+		execlp("sleep", "sleep", "60", (char *)NULL);
+		_exit(127);
+	}
+	if (child < 0) {
+		printf("clone3 set_tid %d: %s\n", want, strerror(errno));
+		return 1;
+	}
+	printf("started %ld\n", child);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
 	if (argc < 2)
 		return 2;
 	const char *mode = argv[1];
+	if (!strcmp(mode, "forker") && argc == 3)
+		return forker(argv);
+	if (!strcmp(mode, "pid-at") && argc == 3)
+		return pid_at(argv);
 	if (!strcmp(mode, "relay") && argc == 3)
 		return relay(argv);
 	if (!strcmp(mode, "cont") && argc == 3)
