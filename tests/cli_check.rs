@@ -152,7 +152,7 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         (
             "syscall number instead of name",
             text("syscalls:\n  allow: [42]\n"),
-            "syscalls.allow[0]: unknown syscall `42`",
+            "syscalls.allow[0]: invalid type: integer `42`, expected a syscall name",
         ),
         (
             "unknown group",

@@ -647,7 +647,7 @@ const CASES: &[(&str, &str, Upstream, Ours)] = &[
         "URL in the allowlist",
         "network: {allowlist: [\"https://api.example.com/v1\"]}\n",
         Accepts,
-        Stricter("network.allowlist[0]:", "can never match"),
+        Stricter("network.allowlist[0]:", "matches no host at its gateway"),
     ),
     (
         "glob inside a label",
@@ -655,7 +655,7 @@ const CASES: &[(&str, &str, Upstream, Ours)] = &[
         Accepts,
         Stricter(
             "network.allowlist[0]: `api*.example.com` is not",
-            "can never match",
+            "matches no host at its gateway",
         ),
     ),
     (
@@ -666,6 +666,99 @@ const CASES: &[(&str, &str, Upstream, Ours)] = &[
             "data.sensitive_patterns: the patterns do not compile within 10 MiB together",
             "10 MiB together",
         ),
+    ),
+    (
+        "a number where text is expected (envelope)",
+        "apiVersion: v1\nkind: Policy\nspec:\n  version: 1\n",
+        Rejects,
+        Refused("spec.version: invalid type: integer `1`, expected a string"),
+    ),
+    (
+        "a boolean host name (envelope)",
+        "spec:\n  network: {allowlist: [true]}\n",
+        Rejects,
+        Refused("spec.network.allowlist[0]: invalid type: boolean `true`"),
+    ),
+    (
+        "a number where text is expected (flat)",
+        "approval: {escalation_role: 5}\n",
+        Accepts,
+        Stricter(
+            "approval.escalation_role: invalid type: integer `5`, expected a string",
+            "number, boolean or null where text is expected",
+        ),
+    ),
+    (
+        "a hex limit (flat)",
+        "budget: {daily_limit_usd: 0x10}\n",
+        Rejects,
+        Refused("budget.daily_limit_usd: invalid type: integer `16`"),
+    ),
+    (
+        "a hex limit (envelope)",
+        "spec:\n  budget: {daily_limit_usd: 0x10}\n",
+        Accepts,
+        Stricter(
+            "spec.budget.daily_limit_usd: invalid type: integer `16`",
+            "hex, octal or binary",
+        ),
+    ),
+    (
+        "a limit longer than 64 bits",
+        "budget: {daily_limit_usd: 99999999999999999999999}\n",
+        Accepts,
+        Valid(None),
+    ),
+    (
+        "a pattern at the regex crate's limit only in reverse",
+        "data: {sensitive_patterns: [\"\\\\w{250}\"]}\n",
+        Rejects,
+        Refused("data.sensitive_patterns[0]: compiles to more than the regex crate's 10 MiB"),
+    ),
+    (
+        "a pattern just under the gateway's limit",
+        "data: {sensitive_patterns: [\"\\\\w{230}\"]}\n",
+        Accepts,
+        Stricter(
+            "data.sensitive_patterns[0]: compiles to more than the regex crate's 10 MiB",
+            "little earlier than the gateway",
+        ),
+    ),
+    (
+        "a traversal hidden by a trailing space",
+        "filesystem: {write: {allow: [\"/etc/.. \"]}}\n",
+        Rejects,
+        Refused("filesystem.write.allow[0]: path `/etc/..` contains `..`"),
+    ),
+    (
+        "a path with a leading space",
+        "filesystem: {read: {allow: [\" /workspace\"]}}\n",
+        Accepts,
+        Valid(None),
+    ),
+    (
+        "a string tag on a boolean (envelope)",
+        "spec:\n  tools: {bash: {allow: !!str true}}\n",
+        Rejects,
+        Refused("2:25: explicit YAML tags"),
+    ),
+    (
+        "a custom tag",
+        "budget: {daily_limit_usd: !custom 5}\n",
+        Accepts,
+        Stricter("1:27: explicit YAML tags", "explicit YAML tags"),
+    ),
+    (
+        "an underscore in a host name",
+        "network: {allowlist: [_acme.example.com, a_b.example.com]}\n",
+        Accepts,
+        Valid(None),
+    ),
+    (
+        "an empty apiVersion",
+        "apiVersion: \"\"\nkind: Policy\nspec: {}\n",
+        Accepts,
+        Stricter("apiVersion: must not be empty", "empty `apiVersion`"),
     ),
     (
         "a tool listed twice",

@@ -16,7 +16,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::gateway_sections::{Approval, Budget, Capabilities, DataRules, Schedule, Tools};
-use super::leaf::Number;
+use super::leaf::{Number, Text};
 use super::network_entry::NetworkEntry;
 use super::scope::Scope;
 use super::syscall_names::SyscallToken;
@@ -102,7 +102,11 @@ where
 /// An absolute path prefix as written in `filesystem.*`.
 impl<'de> Deserialize<'de> for PathPrefix {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        super::leaf::parse_str(deserializer, "an absolute path", PathPrefix::parse)
+        // Trimmed first, as upstream does: `/etc/.. ` must be seen as the
+        // `..` it is, and ` /workspace` as the absolute path it means.
+        super::leaf::parse_str(deserializer, "an absolute path", |raw| {
+            PathPrefix::parse(raw.trim())
+        })
     }
 }
 
@@ -238,7 +242,7 @@ macro_rules! spec_structs {
 }
 
 spec_structs! {
-    version: ScalarText,
+    version: Text,
     scope: Scope,
     mode: Mode,
     syscalls: SyscallsSection,

@@ -17,7 +17,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::document::{NotNull, present};
-use super::leaf::{Number, at_key};
+use super::leaf::{Number, Text, at_key};
 
 /// `capabilities.{allow, deny}` tokens (`aa-core/src/capability.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -157,7 +157,7 @@ impl<'de> Deserialize<'de> for Tools {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tools, A::Error> {
                 let mut tools = BTreeMap::new();
-                while let Some(name) = map.next_key::<String>()? {
+                while let Some(Text(name)) = map.next_key::<Text>()? {
                     let rule = map.next_value::<NotNull<ToolRule>>()?.0;
                     if tools.insert(name.clone(), rule).is_some() {
                         return Err(de::Error::custom(format!("tool `{name}` is listed twice")));
@@ -276,7 +276,7 @@ pub struct Usd(pub f64);
 
 impl<'de> Deserialize<'de> for Usd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        super::leaf::parse_number(deserializer, "an amount in USD", |n| {
+        super::leaf::parse_f64(deserializer, "an amount in USD", |n| {
             let amount = match n {
                 Number::Unsigned(v) => v as f64,
                 Number::Signed(v) => v as f64,
@@ -422,12 +422,12 @@ pub const PATTERNS_SIZE_LIMIT: usize = 10 * (1 << 20);
 /// Compiles `patterns` together (their syntax is already checked) within
 /// `PATTERNS_SIZE_LIMIT`.
 fn check_pattern_size(patterns: &[SensitivePattern]) -> Result<(), String> {
-    use regex_automata::nfa::thompson::{Compiler, Config};
+    use regex_automata::nfa::thompson::{Compiler, Config, WhichCaptures};
+    let limit = Config::new().nfa_size_limit(Some(PATTERNS_SIZE_LIMIT));
     let texts: Vec<&str> = patterns.iter().map(|p| p.0.as_str()).collect();
     Compiler::new()
-        .configure(Config::new().nfa_size_limit(Some(PATTERNS_SIZE_LIMIT)))
+        .configure(limit.clone())
         .build_many(&texts)
-        .map(|_| ())
         .map_err(|e| {
             at_key(
                 "sensitive_patterns",
@@ -437,7 +437,28 @@ fn check_pattern_size(patterns: &[SensitivePattern]) -> Result<(), String> {
                     one_line(&e)
                 ),
             )
-        })
+        })?;
+    // The regex crate also builds each pattern's reverse automaton under
+    // the same limit, and it is the larger one for Unicode classes (`\w`
+    // reaches it first); within the limit together, their sizes are
+    // bounded too. This one trips a little earlier than the gateway's.
+    let reverse = limit.reverse(true).which_captures(WhichCaptures::None);
+    for (index, text) in texts.iter().enumerate() {
+        Compiler::new()
+            .configure(reverse.clone())
+            .build(text)
+            .map_err(|e| {
+                at_key(
+                    &format!("sensitive_patterns[{index}]"),
+                    format!(
+                        "compiles to more than the regex crate's {} MiB ({})",
+                        PATTERNS_SIZE_LIMIT >> 20,
+                        one_line(&e)
+                    ),
+                )
+            })?;
+    }
+    Ok(())
 }
 
 fn one_line(error: &dyn std::error::Error) -> String {
@@ -463,7 +484,7 @@ struct RawDataRules {
     #[serde(default, deserialize_with = "present")]
     sensitive_patterns: Option<Vec<SensitivePattern>>,
     #[serde(default, deserialize_with = "present")]
-    locale_packs: Option<Vec<String>>,
+    locale_packs: Option<Vec<Text>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -472,7 +493,7 @@ pub struct DataRules {
     pub credential_action: Option<CredentialAction>,
     pub sensitive_patterns: Option<Vec<SensitivePattern>>,
     /// Locale tags of extra detectors (e.g. `zh-TW`); the gateway checks them.
-    pub locale_packs: Option<Vec<String>>,
+    pub locale_packs: Option<Vec<Text>>,
 }
 
 impl TryFrom<RawDataRules> for DataRules {
@@ -494,7 +515,7 @@ pub struct Approval {
     #[serde(default, deserialize_with = "present")]
     pub timeout_seconds: Option<u32>,
     #[serde(default, deserialize_with = "present")]
-    pub escalation_role: Option<String>,
+    pub escalation_role: Option<Text>,
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@ use serde::Deserializer;
 use serde::de::{self, Visitor};
 
 /// Deserializes a string and validates it with `parse` inside the visitor.
+/// Only a YAML string will do: a number, boolean or null where text is
+/// expected is refused, as upstream's envelope form refuses it (its flat
+/// form would read `true` as the text "true", and a host named `true` or a
+/// version `1.0` turned into "1" is a mistake, not a value).
 pub fn parse_str<'de, D, T, F>(
     deserializer: D,
     expecting: &'static str,
@@ -34,7 +38,52 @@ where
             (self.1)(v).map_err(E::custom)
         }
     }
-    deserializer.deserialize_str(StrVisitor(expecting, parse, PhantomData))
+    deserializer.deserialize_any(StrVisitor(expecting, parse, PhantomData))
+}
+
+/// Any YAML string, as text.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Text(pub String);
+
+impl<'de> serde::Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        parse_str(deserializer, "a string", |raw| Ok(Text(raw.to_owned())))
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Deserializes a floating-point amount as upstream reads one: a decimal
+/// integer or float, `1e23` for an integer too long for 64 bits; not hex,
+/// octal or binary (upstream's flat form refuses those, its envelope form
+/// reads them; here they are refused in both).
+pub fn parse_f64<'de, D, T, F>(
+    deserializer: D,
+    expecting: &'static str,
+    parse: F,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(Number) -> Result<T, String>,
+{
+    struct FloatVisitor<F, T>(&'static str, F, PhantomData<T>);
+    impl<F, T> Visitor<'_> for FloatVisitor<F, T>
+    where
+        F: FnOnce(Number) -> Result<T, String>,
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            (self.1)(Number::Float(v)).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_f64(FloatVisitor(expecting, parse, PhantomData))
 }
 
 /// Deserializes a number (integer or float) and validates it with `parse`.

@@ -19,6 +19,7 @@ mod leaf;
 mod network_entry;
 mod scope;
 mod syscall_names;
+mod yaml_tags;
 
 use std::path::Path;
 
@@ -172,6 +173,15 @@ impl Policy {
                 format!(
                     "policy has more than {MAX_FLOW_OPENERS} `[`/`{{` characters; deep flow nesting makes YAML parsing quadratic, so write long lists in block style"
                 ),
+            ));
+        }
+        if let Some(offset) = yaml_tags::first_tag(text) {
+            let (line, column) = line_col(text.as_bytes(), offset);
+            return Err(PolicyError::invalid(
+                file,
+                line,
+                column,
+                "explicit YAML tags (`!!str`, `!name`) are not accepted: write the value plainly (upstream reads tags one way in the flat form and another in the envelope form)",
             ));
         }
         if text.lines().all(|l| {

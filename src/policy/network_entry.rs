@@ -176,7 +176,8 @@ fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
-/// RFC 1123 host names, optionally starting with one `*.` wildcard label.
+/// DNS host names (RFC 1123 labels, plus `_`, which DNS names carry, e.g.
+/// `_acme.example.com`), optionally starting with one `*.` wildcard label.
 fn validate_host_pattern(host: &str) -> Result<(), String> {
     let bare = host.strip_prefix("*.").unwrap_or(host);
     let valid_label = |label: &str| {
@@ -184,7 +185,9 @@ fn validate_host_pattern(host: &str) -> Result<(), String> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     if host.len() > 253 || !bare.split('.').all(valid_label) {
         return Err(format!(
