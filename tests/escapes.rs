@@ -551,8 +551,9 @@ fn removing_the_pins_detaches_nothing_and_the_daemon_puts_them_back() {
         pins.link("egress_connect4").exists(),
         "rm never got to the second pin"
     );
+    // The event is read from the ring buffer a moment after the kill.
     assert!(
-        daemon.log().contains("names one of the pins"),
+        support::eventually(|| daemon.log().contains("names one of the pins")),
         "{}",
         daemon.log()
     );
@@ -613,7 +614,11 @@ fn removing_the_pins_detaches_nothing_and_the_daemon_puts_them_back() {
         "the same links, none attached again"
     );
     assert!(pins.link("syscall_guard").exists());
-    assert!(daemon.log().contains("were put back"), "{}", daemon.log());
+    assert!(
+        support::eventually(|| daemon.log().contains("were put back")),
+        "{}",
+        daemon.log()
+    );
 
     // A cgroup link detached behind the daemon's back (BPF_LINK_DETACH, as
     // root outside the confinement) is reported and attached anew.
