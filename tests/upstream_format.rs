@@ -698,16 +698,33 @@ const CASES: &[(&str, &str, Upstream, Ours)] = &[
         "a hex limit (envelope)",
         "spec:\n  budget: {daily_limit_usd: 0x10}\n",
         Accepts,
-        Stricter(
-            "spec.budget.daily_limit_usd: invalid type: integer `16`",
-            "hex, octal or binary",
-        ),
+        Valid(None),
     ),
     (
-        "a limit longer than 64 bits",
+        "a limit longer than 64 bits (flat)",
         "budget: {daily_limit_usd: 99999999999999999999999}\n",
         Accepts,
         Valid(None),
+    ),
+    (
+        "a limit longer than 64 bits (envelope)",
+        "spec:\n  budget: {daily_limit_usd: 18446744073709551616}\n",
+        Rejects,
+        Refused(
+            "spec.budget.daily_limit_usd: invalid type: integer `18446744073709551616` as u128",
+        ),
+    ),
+    (
+        "a limit with a leading zero (flat)",
+        "budget: {daily_limit_usd: 01}\n",
+        Accepts,
+        Valid(None),
+    ),
+    (
+        "a limit with a leading zero (envelope)",
+        "spec:\n  budget: {daily_limit_usd: 01}\n",
+        Rejects,
+        Refused("spec.budget.daily_limit_usd: invalid type: string \"01\""),
     ),
     (
         "a pattern at the regex crate's limit only in reverse",

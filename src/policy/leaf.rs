@@ -57,10 +57,30 @@ impl fmt::Display for Text {
     }
 }
 
-/// Deserializes a floating-point amount as upstream reads one: a decimal
-/// integer or float, `1e23` for an integer too long for 64 bits; not hex,
-/// octal or binary (upstream's flat form refuses those, its envelope form
-/// reads them; here they are refused in both).
+thread_local! {
+    /// The form of the document being decoded. Upstream decodes the two
+    /// forms differently (the flat one streams, the envelope one goes
+    /// through a `serde_yaml::Value`), and for numbers the difference is a
+    /// verdict: the flat form refuses hex (`0x10`) and reads `01` and
+    /// 23-digit integers as floats, the envelope form the other way round.
+    /// `parse_f64` reads this to decide as upstream would for that form.
+    static DECODING_ENVELOPE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `decode` with `parse_f64` reading numbers as upstream's decoder for
+/// that form does.
+pub fn decoding_form<T>(envelope: bool, decode: impl FnOnce() -> T) -> T {
+    let before = DECODING_ENVELOPE.with(|form| form.replace(envelope));
+    let decoded = decode();
+    DECODING_ENVELOPE.with(|form| form.set(before));
+    decoded
+}
+
+/// Deserializes a floating-point amount as upstream reads one in the form
+/// being decoded (see `DECODING_ENVELOPE`): flat, as serde_yaml reads an
+/// `f64` (decimal forms, `01`, `1e23` for a long integer; no hex); envelope,
+/// as a YAML number (hex too; `01` is a string there, and an integer
+/// beyond 64 bits is refused).
 pub fn parse_f64<'de, D, T, F>(
     deserializer: D,
     expecting: &'static str,
@@ -82,8 +102,19 @@ where
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
             (self.1)(Number::Float(v)).map_err(E::custom)
         }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            (self.1)(Number::Unsigned(v)).map_err(E::custom)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            (self.1)(Number::Signed(v)).map_err(E::custom)
+        }
     }
-    deserializer.deserialize_f64(FloatVisitor(expecting, parse, PhantomData))
+    let visitor = FloatVisitor(expecting, parse, PhantomData);
+    if DECODING_ENVELOPE.with(std::cell::Cell::get) {
+        deserializer.deserialize_any(visitor)
+    } else {
+        deserializer.deserialize_f64(visitor)
+    }
 }
 
 /// Deserializes a number (integer or float) and validates it with `parse`.

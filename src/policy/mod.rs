@@ -199,7 +199,8 @@ impl Policy {
         let root = DocumentForm::detect(text).map_err(yaml_error)?;
         let (api_version, metadata, spec) = match root.form {
             DocumentForm::Envelope => {
-                let envelope: document::Envelope = from_yaml(text).map_err(yaml_error)?;
+                let envelope: document::Envelope =
+                    leaf::decoding_form(true, || from_yaml(text)).map_err(yaml_error)?;
                 (
                     envelope.api_version.map(|v| v.0),
                     envelope.metadata,
@@ -207,7 +208,8 @@ impl Policy {
                 )
             }
             DocumentForm::Flat => {
-                let flat: document::FlatDocument = from_yaml(text).map_err(yaml_error)?;
+                let flat: document::FlatDocument =
+                    leaf::decoding_form(false, || from_yaml(text)).map_err(yaml_error)?;
                 (None, None, flat.into_spec())
             }
         };
