@@ -309,6 +309,16 @@ fn a_peer_that_is_neither_root_nor_in_the_group_is_refused_by_its_credentials() 
     assert_serves_and_never_panicked(&daemon);
 }
 
+/// A process of ours that a request from elsewhere must not touch.
+fn bystander() -> support::Plain {
+    support::Plain(
+        Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start a bystander"),
+    )
+}
+
 /// A client in a nested PID namespace (a container with the socket mounted
 /// in) names processes by numbers that mean other processes to the daemon:
 /// asked from there to confine a host process's number, the daemon would
@@ -318,12 +328,7 @@ fn confine_and_release_from_another_pid_namespace_are_refused() {
     let Some(daemon) = Daemon::start("pid_namespace", &policy_text("kcmp"), &[]) else {
         return;
     };
-    let bystander = support::Plain(
-        Command::new("sleep")
-            .arg("600")
-            .spawn()
-            .expect("start a bystander"),
-    );
+    let bystander = bystander();
     let host_pid = bystander.0.id();
     for verb in ["confine", "release"] {
         let output = Command::new("unshare")
@@ -401,12 +406,7 @@ fn a_connection_whose_connector_was_reaped_cannot_confine_across_namespaces() {
     let Some(daemon) = Daemon::start("reaped_connector", &policy_text("kcmp"), &[]) else {
         return;
     };
-    let bystander = support::Plain(
-        Command::new("sleep")
-            .arg("600")
-            .spawn()
-            .expect("start a bystander"),
-    );
+    let bystander = bystander();
     let host_pid = bystander.0.id();
     let output = Command::new("unshare")
         .args([

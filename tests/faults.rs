@@ -229,17 +229,8 @@ fn a_kill_at_any_point_of_a_confine_leaves_no_target_stopped_and_no_half_confine
         "confine.marked",
     ] {
         daemon.restart(&[("AA_POLICYD_FAULT", point)]);
-        let target = Plain(
-            Command::new("python3")
-                .args([
-                    "-c",
-                    "import threading, time\nfor _ in range(2): threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\ntime.sleep(60)\n",
-                ])
-                .spawn()
-                .expect("start the target"),
-        );
+        let target = threaded_target();
         let pid = target.0.id();
-        assert!(support::eventually(|| threads(pid).len() >= 3));
         let answer = daemon.client().request(&Request::Confine { pid });
         assert!(
             answer.is_err(),
@@ -248,23 +239,29 @@ fn a_kill_at_any_point_of_a_confine_leaves_no_target_stopped_and_no_half_confine
         assert!(daemon.wait_dead(), "{point} was never reached");
         daemon.restart(&[]);
         // The client was told it failed: the process is as before.
-        assert!(!stopped(pid), "{point}: the target was left stopped");
-        let marks = MarkReader::open(&daemon.pin_dir).expect("marks");
-        for tid in threads(pid) {
-            assert!(!marked(&marks, tid), "{point}: thread {tid} kept a mark");
-        }
-        assert!(
-            !daemon.status().confined.contains(&pid),
-            "{point}: the target stayed in the registry"
-        );
-        assert!(
-            daemon
-                .log()
-                .contains(&format!("undid the confine of pid {pid}")),
-            "{point}: the restarted daemon did not say it undid the confine"
-        );
+        check_left_unconfined(&daemon, pid, point, "undid the confine of pid");
         check_every_mark_is_registered(&daemon, point);
     }
+}
+
+/// After a kill mid-confine or mid-release and a restart: the target runs
+/// (not left stopped), no thread of it is marked, it is out of the
+/// registry, and the restarted daemon said what it finished (`said` plus
+/// the pid).
+fn check_left_unconfined(daemon: &Daemon, pid: u32, point: &str, said: &str) {
+    assert!(!stopped(pid), "{point}: the target was left stopped");
+    let marks = MarkReader::open(&daemon.pin_dir).expect("marks");
+    for tid in threads(pid) {
+        assert!(!marked(&marks, tid), "{point}: thread {tid} kept a mark");
+    }
+    assert!(
+        !daemon.status().confined.contains(&pid),
+        "{point}: the target stayed in the registry"
+    );
+    assert!(
+        daemon.log().contains(&format!("{said} {pid}")),
+        "{point}: the restarted daemon did not say \"{said} {pid}\""
+    );
 }
 
 /// Starts a target with three sleeping threads.
@@ -305,23 +302,29 @@ fn a_kill_at_any_point_of_a_release_leaves_the_target_running_and_unmarked() {
         assert!(daemon.wait_dead(), "{point} was never reached");
         daemon.restart(&[]);
         // The release was asked for: the restarted daemon finishes it.
-        assert!(!stopped(pid), "{point}: the target was left stopped");
-        let marks = MarkReader::open(&daemon.pin_dir).expect("marks");
-        for tid in threads(pid) {
-            assert!(!marked(&marks, tid), "{point}: thread {tid} kept a mark");
-        }
-        assert!(
-            !daemon.status().confined.contains(&pid),
-            "{point}: the target stayed in the registry"
-        );
-        assert!(
-            daemon
-                .log()
-                .contains(&format!("finished the release of pid {pid}")),
-            "{point}: the restarted daemon did not say it finished the release"
-        );
+        check_left_unconfined(&daemon, pid, point, "finished the release of pid");
         check_every_mark_is_registered(&daemon, point);
     }
+}
+
+/// Starts the escape helper in `mode` as the target, and an accomplice
+/// that keeps continuing it (SIGCONT), and lets both get going.
+fn with_accomplice(helper: &Path, mode: &[&str]) -> (Plain, Plain) {
+    let target = Plain(
+        Command::new(helper)
+            .args(mode)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the target"),
+    );
+    let accomplice = Plain(
+        Command::new(helper)
+            .args(["cont", &target.0.id().to_string()])
+            .spawn()
+            .expect("start the accomplice"),
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    (target, accomplice)
 }
 
 /// An accomplice continues the target (SIGCONT) while the daemon holds it
@@ -339,21 +342,8 @@ fn a_confine_raced_by_sigcont_leaves_no_thread_unmarked() {
     };
     let (mut confined, mut refused) = (0, 0);
     for round in 0..12 {
-        let target = Plain(
-            Command::new(&helper)
-                .args(["relay", "4"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start the relay"),
-        );
+        let (target, _accomplice) = with_accomplice(&helper, &["relay", "4"]);
         let pid = target.0.id();
-        let _accomplice = Plain(
-            Command::new(&helper)
-                .args(["cont", &pid.to_string()])
-                .spawn()
-                .expect("start the accomplice"),
-        );
-        std::thread::sleep(Duration::from_millis(100));
         match daemon.client().request(&Request::Confine { pid }) {
             Ok(Response::Done) => confined += 1,
             Ok(other) => panic!("round {round}: {other:?}"),
@@ -450,21 +440,8 @@ fn children_forked_while_a_confine_is_held_up_are_confined() {
     };
     let marks = MarkReader::open(&daemon.pin_dir).expect("marks");
     for round in 0..3 {
-        let target = Plain(
-            Command::new(&helper)
-                .args(["forker", "2"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start the forker"),
-        );
+        let (target, _accomplice) = with_accomplice(&helper, &["forker", "2"]);
         let pid = target.0.id();
-        let _accomplice = Plain(
-            Command::new(&helper)
-                .args(["cont", &pid.to_string()])
-                .spawn()
-                .expect("start the accomplice"),
-        );
-        std::thread::sleep(Duration::from_millis(100));
         let asked = boot_ticks();
         match daemon.client().request(&Request::Confine { pid }) {
             Ok(Response::Done) => {}

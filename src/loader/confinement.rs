@@ -173,21 +173,7 @@ impl KernelLoader {
         {
             return Ok(()); // already confined: nothing to do
         }
-        // Recorded before anything is done to the process, so that a loader
-        // killed midway leaves the next one what to undo (`recover_pending`).
-        let pending = Pending {
-            start_time: process::start_time(pid).ok_or_else(|| LoaderError::Process {
-                pid,
-                reason: "no such process".into(),
-            })?,
-            stopped_by_loader: u32::from(!process::is_stopped(pid)),
-            releasing: 0,
-        };
-        self.map_ops += 1;
-        self.maps
-            .pending
-            .insert(pid, pending, 0)
-            .map_err(map_err("PENDING", pid.to_string()))?;
+        self.record_pending(pid, false)?;
         crate::fault::point("confine.recorded");
         let mut confine = || -> Result<(), LoaderError> {
             self.attach_hooks()?;
@@ -226,9 +212,35 @@ impl KernelLoader {
             let _ = self.forget_process(pid);
             let _ = self.sync_hooks();
         }
+        self.forget_pending(pid);
+        result
+    }
+
+    /// Records a confine or release of `pid` before anything is done to
+    /// the process, so that a loader killed midway leaves the next one what
+    /// to finish (`recover_pending`): the process stopped and partly
+    /// marked otherwise.
+    fn record_pending(&mut self, pid: u32, releasing: bool) -> Result<(), LoaderError> {
+        let pending = Pending {
+            start_time: process::start_time(pid).ok_or_else(|| LoaderError::Process {
+                pid,
+                reason: "no such process".into(),
+            })?,
+            stopped_by_loader: u32::from(!process::is_stopped(pid)),
+            releasing: u32::from(releasing),
+        };
+        self.map_ops += 1;
+        self.maps
+            .pending
+            .insert(pid, pending, 0)
+            .map_err(map_err("PENDING", pid.to_string()))
+    }
+
+    /// Drops the record of a confine or release that ran to its end (well
+    /// or not: its caller has undone what failed).
+    fn forget_pending(&mut self, pid: u32) {
         self.map_ops += 1;
         let _ = remove_ignoring_missing(self.maps.pending.remove(&pid));
-        result
     }
 
     /// Finishes every confine or release a killed loader left half done
@@ -282,21 +294,7 @@ impl KernelLoader {
             });
         }
         self.checked.remove(&pid);
-        // Recorded first, as for a confine: a loader killed midway would
-        // leave the process stopped and partly marked.
-        let pending = Pending {
-            start_time: process::start_time(pid).ok_or_else(|| LoaderError::Process {
-                pid,
-                reason: "no such process".into(),
-            })?,
-            stopped_by_loader: u32::from(!process::is_stopped(pid)),
-            releasing: 1,
-        };
-        self.map_ops += 1;
-        self.maps
-            .pending
-            .insert(pid, pending, 0)
-            .map_err(map_err("PENDING", pid.to_string()))?;
+        self.record_pending(pid, true)?;
         crate::fault::point("release.recorded");
         let result = process::with_stopped(pid, |threads| {
             let unmarked = self.mark_threads(pid, threads, false);
@@ -305,14 +303,14 @@ impl KernelLoader {
         })
         .and_then(|()| self.forget_process(pid))
         .and_then(|()| self.sync_hooks().map(|_| ()));
-        self.map_ops += 1;
-        let _ = remove_ignoring_missing(self.maps.pending.remove(&pid));
+        self.forget_pending(pid);
         result
     }
 
-    /// Marks (or unmarks) `threads`, the leader first, then settles (see
-    /// the module doc): lists the threads again and marks what is not,
-    /// until a listing finds every thread of `pid` as wanted. Unmarking has
+    /// Marks (or unmarks) `threads`, then settles (see the module doc):
+    /// lists the threads again and marks what is not, until a listing finds
+    /// every thread of `pid` as wanted. Marking is sound only after the
+    /// leader's mark (`confine_process` writes it first). Unmarking has
     /// no such order to rely on (a marked thread's new threads are marked):
     /// a release whose threads keep appearing marked ends in an error and
     /// keeps the process registered, so `status` never hides a mark.
@@ -322,9 +320,6 @@ impl KernelLoader {
         threads: &[u32],
         confined: bool,
     ) -> Result<(), LoaderError> {
-        if confined {
-            self.set_mark(pid, pid, true, false)?;
-        }
         for &tid in threads {
             crate::fault::point(if confined {
                 "confine.thread"

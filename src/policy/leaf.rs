@@ -90,26 +90,7 @@ where
     D: Deserializer<'de>,
     F: FnOnce(Number) -> Result<T, String>,
 {
-    struct FloatVisitor<F, T>(&'static str, F, PhantomData<T>);
-    impl<F, T> Visitor<'_> for FloatVisitor<F, T>
-    where
-        F: FnOnce(Number) -> Result<T, String>,
-    {
-        type Value = T;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str(self.0)
-        }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-            (self.1)(Number::Float(v)).map_err(E::custom)
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-            (self.1)(Number::Unsigned(v)).map_err(E::custom)
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-            (self.1)(Number::Signed(v)).map_err(E::custom)
-        }
-    }
-    let visitor = FloatVisitor(expecting, parse, PhantomData);
+    let visitor = NumberVisitor(expecting, parse, PhantomData);
     if DECODING_ENVELOPE.with(std::cell::Cell::get) {
         deserializer.deserialize_any(visitor)
     } else {
@@ -127,26 +108,29 @@ where
     D: Deserializer<'de>,
     F: FnOnce(Number) -> Result<T, String>,
 {
-    struct NumberVisitor<F, T>(&'static str, F, PhantomData<T>);
-    impl<F, T> Visitor<'_> for NumberVisitor<F, T>
-    where
-        F: FnOnce(Number) -> Result<T, String>,
-    {
-        type Value = T;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str(self.0)
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-            (self.1)(Number::Unsigned(v)).map_err(E::custom)
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-            (self.1)(Number::Signed(v)).map_err(E::custom)
-        }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-            (self.1)(Number::Float(v)).map_err(E::custom)
-        }
-    }
     deserializer.deserialize_any(NumberVisitor(expecting, parse, PhantomData))
+}
+
+/// Hands a YAML number of any kind to `parse`, inside the visitor.
+struct NumberVisitor<F, T>(&'static str, F, PhantomData<T>);
+
+impl<F, T> Visitor<'_> for NumberVisitor<F, T>
+where
+    F: FnOnce(Number) -> Result<T, String>,
+{
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        (self.1)(Number::Unsigned(v)).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        (self.1)(Number::Signed(v)).map_err(E::custom)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        (self.1)(Number::Float(v)).map_err(E::custom)
+    }
 }
 
 /// A YAML number as the parser saw it.
