@@ -237,10 +237,17 @@ impl KernelLoader {
     }
 
     /// Drops the record of a confine or release that ran to its end (well
-    /// or not: its caller has undone what failed).
+    /// or not: its caller has undone what failed). A record left behind
+    /// would make the next loader unconfine the process, so a failure to
+    /// drop it is said loudly.
     fn forget_pending(&mut self, pid: u32) {
         self.map_ops += 1;
-        let _ = remove_ignoring_missing(self.maps.pending.remove(&pid));
+        if let Err(error) = remove_ignoring_missing(self.maps.pending.remove(&pid)) {
+            tracing::error!(
+                pid,
+                "could not drop the PENDING record of pid {pid} ({error}): a restarted daemon would unconfine it"
+            );
+        }
     }
 
     /// Finishes every confine or release a killed loader left half done
