@@ -149,8 +149,31 @@ int task_exec(unsigned long long *ctx)
 	struct task_struct *task = (struct task_struct *)ctx[0];
 	struct linux_binprm *bprm = (struct linux_binprm *)ctx[2];
 	struct aa_task_mark *mark = aa_mark_of(task);
-	if (!mark)
-		return 0;
+	if (!mark) {
+		/* A thread not marked yet that execs while its process is being
+		 * confined takes over the process's PID and leader role
+		 * (de_thread), and the leader's mark goes with the old leader.
+		 * The registry entry, written before that mark, says the process
+		 * is confined: the new image is marked before it runs, so neither
+		 * it nor anything it forks runs free. */
+		__u32 tgid = aa_loader_number(aa_pid_address(&task->thread_pid));
+		if (!aa_process_confined(tgid))
+			return 0;
+		struct aa_task_mark fresh = { .confined = 1 };
+		mark = bpf_task_storage_get(&TASK_MARK, task, &fresh, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (!mark) {
+			aa_count(AA_COUNTER_MARK_FAILED);
+			return 0;
+		}
+		/* Its registers may be cached as unconfined on any CPU it ran on. */
+		__u32 zero = 0;
+		for (__u32 cpu = 0; cpu < AA_MAX_CPUS; cpu++) {
+			__u64 *known = bpf_map_lookup_percpu_elem(&GUARD_CACHE, &zero, cpu);
+			if (!known)
+				break;
+			*known = 0;
+		}
+	}
 	/* A vfork child's exec gives it memory of its own. */
 	mark->flags &= ~AA_MARK_VFORKED;
 

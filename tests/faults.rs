@@ -479,6 +479,116 @@ fn children_forked_while_a_confine_is_held_up_are_confined() {
     }
 }
 
+/// A thread not marked yet execs while the confine is under way: the exec
+/// hands it the process's PID and leader role, and the leader's mark stays
+/// with the old leader. The new image (a forker) must be confined from its
+/// first instruction: every child it forks is marked.
+#[test]
+fn a_thread_that_execs_during_a_confine_is_confined_with_what_it_forks() {
+    let Some(helper) = support::escape_helper("exec_during_confine") else {
+        return;
+    };
+    let Some(daemon) = Daemon::start("exec_during_confine", POLICIES[0], &[]) else {
+        return;
+    };
+    let marks = MarkReader::open(&daemon.pin_dir).expect("marks");
+    for round in 0..3 {
+        let trigger = daemon.dir.path().join(format!("exec-{round}"));
+        let trigger_arg = trigger.to_string_lossy().into_owned();
+        let (target, _accomplice) = with_accomplice(&helper, &["exec-on", &trigger_arg]);
+        let pid = target.0.id();
+        let answer = std::thread::scope(|scope| {
+            let confine = scope.spawn(|| daemon.client().request(&Request::Confine { pid }));
+            // Right after the leader's mark, while the stop is still
+            // awaited (the accomplice makes that last the stop timeout).
+            assert!(
+                support::eventually(|| marked(&marks, pid)),
+                "round {round}: the leader was never marked"
+            );
+            std::fs::write(&trigger, b"").expect("trigger the exec");
+            confine.join().expect("the confine thread")
+        });
+        match answer {
+            Ok(Response::Done) => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let children = children_of(pid);
+        let unmarked: Vec<u32> = children
+            .iter()
+            .map(|&(child, _)| child)
+            .filter(|&child| {
+                !marked(&marks, child) && Path::new(&format!("/proc/{child}")).exists()
+            })
+            .collect();
+        assert!(
+            children.len() > 20,
+            "round {round}: the new image forked {} children",
+            children.len()
+        );
+        assert!(
+            unmarked.is_empty(),
+            "round {round}: {} of {} children of the exec'd image run unconfined",
+            unmarked.len(),
+            children.len()
+        );
+    }
+}
+
+/// A process whose main thread exited alone is a zombie to `ps` but runs
+/// on in its other threads: refusing it as exited made any process immune
+/// to `confine`. It is confined, and what its threads fork after that is.
+#[test]
+fn a_process_whose_main_thread_exited_is_still_confined() {
+    let Some(helper) = support::escape_helper("zombie_leader") else {
+        return;
+    };
+    let Some(daemon) = Daemon::start("zombie_leader", POLICIES[0], &[]) else {
+        return;
+    };
+    let target = Plain(
+        Command::new(&helper)
+            .arg("zombie-leader")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the target"),
+    );
+    let pid = target.0.id();
+    assert!(
+        support::eventually(|| main_thread_state(pid) == Some('Z') && threads(pid).len() >= 3),
+        "the main thread never exited alone"
+    );
+    match daemon.client().request(&Request::Confine { pid }) {
+        Ok(Response::Done) => {}
+        other => panic!("confine: {other:?}"),
+    }
+    let done = boot_ticks();
+    assert!(daemon.status().confined.contains(&pid));
+    std::thread::sleep(Duration::from_millis(200));
+    let marks = MarkReader::open(&daemon.pin_dir).expect("marks");
+    let later: Vec<u32> = children_of(pid)
+        .into_iter()
+        .filter(|&(_, start)| start > done)
+        .map(|(child, _)| child)
+        .collect();
+    assert!(
+        later.len() > 20,
+        "only {} children after the confine",
+        later.len()
+    );
+    let unmarked: Vec<&u32> = later
+        .iter()
+        .filter(|&&child| !marked(&marks, child) && Path::new(&format!("/proc/{child}")).exists())
+        .collect();
+    assert!(unmarked.is_empty(), "children run unconfined: {unmarked:?}");
+}
+
+/// The state letter of `pid`'s main thread.
+fn main_thread_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 /// A process confined, killed, and its number given to a new process at
 /// once: the number's old pidfd, remembered from the first confine, must
 /// not make the new process look like it exited mid-confine.

@@ -101,8 +101,9 @@ pub fn pid_namespace_is_ours(pidfd: &impl AsRawFd) -> Result<(), String> {
     }
 }
 
-/// A pidfd for the process that connected (SO_PEERPIDFD, Linux 6.5+; else
-/// `pidfd_open` of its pid, which it keeps while the connection lives).
+/// A pidfd for the process that connected (SO_PEERPIDFD, Linux 6.5+; on an
+/// older kernel `pidfd_open` of its pid, which it keeps while the
+/// connection lives).
 pub fn peer_pidfd(socket: &impl AsRawFd, peer: &Peer) -> io::Result<OwnedFd> {
     const SO_PEERPIDFD: libc::c_int = 77;
     let mut fd: libc::c_int = -1;
@@ -120,6 +121,18 @@ pub fn peer_pidfd(socket: &impl AsRawFd, peer: &Peer) -> io::Result<OwnedFd> {
     if rc == 0 && fd >= 0 {
         // SAFETY: the kernel just gave us this descriptor.
         return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    // Only a kernel without the option (before 6.5) falls back to the
+    // number. Kernels 6.5-6.15 refuse it for a peer already reaped; its
+    // number may name another process by now, so that is an error (and
+    // the peer counts as one that cannot be checked).
+    let error = if rc == 0 {
+        io::Error::other("SO_PEERPIDFD gave no descriptor")
+    } else {
+        io::Error::last_os_error()
+    };
+    if error.raw_os_error() != Some(libc::ENOPROTOOPT) {
+        return Err(error);
     }
     let pid = peer
         .pid

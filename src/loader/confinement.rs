@@ -13,8 +13,11 @@
 //! (`task_newtask`), so once the leader is marked no thread and no child
 //! process is created unmarked; a thread created before that was linked
 //! into the process before its creation hook ran, so the first listing
-//! after the leader's mark holds it. Child processes made before the
-//! leader's mark are children the process already had: not confined.
+//! after the leader's mark holds it. A thread not marked yet that execs
+//! takes over the leader's PID without its mark; the exec hook marks it,
+//! since the process is registered before the leader is marked. Child
+//! processes made before the leader's mark are children the process
+//! already had: not confined.
 //!
 //! # Identity
 //! A registry entry is a PID number, and numbers are reused. An entry

@@ -87,9 +87,12 @@ pub fn confine_refusal(pid: u32) -> Option<String> {
         Some(fields) => fields,
         None => return Some("no such process".into()),
     };
+    // A leader that exited alone leaves a zombie that still has running
+    // threads: that process is alive, and confinable like any other.
     if fields
         .first()
         .is_some_and(|state| state == "Z" || state == "X")
+        && live_threads(pid) == 0
     {
         return Some("has exited".into());
     }
@@ -112,6 +115,15 @@ pub fn confine_refusal(pid: u32) -> Option<String> {
         }
     }
     None
+}
+
+/// How many threads of `pid` have not exited.
+fn live_threads(pid: u32) -> usize {
+    threads(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&tid| !matches!(task_state(pid, tid), Some('Z' | 'X') | None))
+        .count()
 }
 
 /// Whether `pid` is a process (thread-group leader), not a thread or gone.

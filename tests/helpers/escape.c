@@ -397,6 +397,45 @@ static int forker(char **argv)
 		pause();
 }
 
+/* exec-on FILE: a second thread waits for FILE to exist, then execs this
+ * helper as `forker 2` (the exec makes that thread the process's leader,
+ * with the leader's PID). Run while a confine is under way, the new image
+ * must be as confined as the process was. */
+static const char *exec_trigger;
+
+static void *exec_when_triggered(void *arg)
+{
+	(void)arg;
+	while (access(exec_trigger, F_OK))
+		usleep(100);
+	char *args[] = { "escape", "forker", "2", NULL };
+	execv("/proc/self/exe", args);
+	_exit(126);
+}
+
+static int exec_on(char **argv)
+{
+	pthread_t thread;
+	exec_trigger = argv[2];
+	if (pthread_create(&thread, NULL, exec_when_triggered, NULL))
+		return 1;
+	for (;;)
+		pause();
+}
+
+/* zombie-leader: the main thread exits alone (SYS_exit), leaving the
+ * process to two forking threads: `ps` shows it as a zombie, yet it runs. */
+static int zombie_leader(void)
+{
+	for (int i = 0; i < 2; i++) {
+		pthread_t thread;
+		if (pthread_create(&thread, NULL, fork_loop, NULL))
+			return 1;
+	}
+	syscall(SYS_exit, 0);
+	return 0;
+}
+
 /* pid-at PID: starts `sleep 60` with exactly PID (clone3 set_tid, root
  * only), to reuse the number of a process that just exited; prints
  * "started PID" or why not. */
@@ -431,6 +470,10 @@ int main(int argc, char **argv)
 	if (argc < 2)
 		return 2;
 	const char *mode = argv[1];
+	if (!strcmp(mode, "zombie-leader"))
+		return zombie_leader();
+	if (!strcmp(mode, "exec-on") && argc == 3)
+		return exec_on(argv);
 	if (!strcmp(mode, "forker") && argc == 3)
 		return forker(argv);
 	if (!strcmp(mode, "pid-at") && argc == 3)
