@@ -426,10 +426,12 @@ fn children_of(parent: u32) -> Vec<(u32, u64)> {
 /// takes up to the stop timeout (0.5 s); the target's threads fork all
 /// along. A child forked by a thread not marked yet was an unconfined
 /// process. The leader is now marked before the stop, and a new task
-/// inherits its creator's leader's mark: from the first child born marked
-/// on, every later child (by PID; two forking threads may cross by a few)
-/// is marked, and that first marked child comes well before the stop
-/// timeout has run out.
+/// inherits its creator's leader's mark: every child born after the
+/// leader's mark is seen (a tick later: start times count in ticks) is
+/// marked, and the leader is marked well before the confine returns (it
+/// waited out the stop after the mark, not before it). Times are measured
+/// against each other, not against a clock budget, so a loaded machine
+/// does not fail it.
 #[test]
 fn children_forked_while_a_confine_is_held_up_are_confined() {
     let Some(helper) = support::escape_helper("fork_window") else {
@@ -439,44 +441,53 @@ fn children_forked_while_a_confine_is_held_up_are_confined() {
         return;
     };
     let marks = MarkReader::open(&daemon.pin_dir).expect("marks");
+    let mut marked_before_the_wait = 0;
     for round in 0..3 {
         let (target, _accomplice) = with_accomplice(&helper, &["forker", "2"]);
         let pid = target.0.id();
-        let asked = boot_ticks();
-        match daemon.client().request(&Request::Confine { pid }) {
+        let (answer, leader_marked) = std::thread::scope(|scope| {
+            let confine = scope.spawn(|| daemon.client().request(&Request::Confine { pid }));
+            let mut seen = None;
+            while seen.is_none() && !confine.is_finished() {
+                if marked(&marks, pid) {
+                    seen = Some(boot_ticks());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (confine.join().expect("the confine thread"), seen)
+        });
+        let returned = boot_ticks();
+        match answer {
             Ok(Response::Done) => {}
             other => panic!("round {round}: {other:?}"),
         }
-        let mut children: Vec<(u32, u64, bool)> = children_of(pid)
-            .into_iter()
-            .filter(|&(_, start)| start >= asked)
-            .map(|(child, start)| (child, start, marked(&marks, child)))
-            .filter(|&(child, _, _)| Path::new(&format!("/proc/{child}")).exists())
-            .collect();
-        children.sort();
-        let Some(&(first_marked, born, _)) = children.iter().find(|c| c.2) else {
-            panic!("round {round}: no child of the confined forker is marked");
+        let Some(leader_marked) = leader_marked else {
+            panic!("round {round}: the leader was not marked before the confine returned");
         };
-        assert!(
-            born < asked + 30,
-            "round {round}: the first marked child came {} ticks after the request (the leader was marked late)",
-            born - asked
-        );
-        let unmarked: Vec<u32> = children
-            .iter()
-            .filter(|&&(child, _, is_marked)| child > first_marked + 4 && !is_marked)
-            .map(|c| c.0)
+        if returned >= leader_marked + 20 {
+            marked_before_the_wait += 1;
+        }
+        let children: Vec<(u32, bool)> = children_of(pid)
+            .into_iter()
+            .filter(|&(_, start)| start > leader_marked)
+            .map(|(child, _)| (child, marked(&marks, child)))
+            .filter(|&(child, _)| Path::new(&format!("/proc/{child}")).exists())
             .collect();
-        let later = children.iter().filter(|c| c.0 > first_marked).count();
+        let unmarked: Vec<u32> = children.iter().filter(|c| !c.1).map(|c| c.0).collect();
         assert!(
-            later > 50,
-            "round {round}: only {later} children after the mark"
+            children.len() > 50,
+            "round {round}: only {} children after the leader's mark",
+            children.len()
         );
         assert!(
             unmarked.is_empty(),
             "round {round}: children forked after the leader's mark run unconfined: {unmarked:?}"
         );
     }
+    assert!(
+        marked_before_the_wait > 0,
+        "in no round was the leader marked before the stop was waited out"
+    );
 }
 
 /// A thread not marked yet execs while the confine is under way: the exec
