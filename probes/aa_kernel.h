@@ -46,8 +46,13 @@ struct pid {
 	struct upid numbers[1];
 } AA_CORE;
 
+struct mount;
+
+/* s_mounts: every mount of this file system, linked by mnt_next_for_sb. */
 struct super_block {
 	unsigned long s_magic;
+	struct dentry *s_root;
+	struct mount *s_mounts;
 } AA_CORE;
 
 struct inode {
@@ -61,16 +66,49 @@ struct qstr {
 
 struct dentry {
 	struct qstr d_name;
+	struct dentry *d_parent; /* itself at a file system's root */
+} AA_CORE;
+
+struct vfsmount {
+	struct dentry *mnt_root; /* the dentry this mount shows at its mount point */
+	struct super_block *mnt_sb;
+} AA_CORE;
+
+struct mnt_namespace;
+
+/* The kernel's private wrapper of a vfsmount (fs/mount.h). */
+struct mount {
+	struct mount *mnt_parent; /* itself for the root of a tree */
+	struct dentry *mnt_mountpoint;
+	struct vfsmount mnt;
+	struct mount *mnt_next_for_sb;
+	struct mnt_namespace *mnt_ns; /* MNT_NS_INTERNAL for the kernel's own mounts */
+} AA_CORE;
+
+struct mnt_namespace {
+	struct mount *root;
 } AA_CORE;
 
 struct path {
+	struct vfsmount *mnt;
 	struct dentry *dentry;
+} AA_CORE;
+
+struct fs_struct {
+	struct path root; /* chroot */
+	struct path pwd;
+} AA_CORE;
+
+struct nsproxy {
+	struct mnt_namespace *mnt_ns;
 } AA_CORE;
 
 struct file {
 	struct path f_path;
 	struct inode *f_inode;
 	void *private_data;
+	unsigned int f_flags;
+	unsigned int f_mode; /* FMODE_READ 1, FMODE_WRITE 2 */
 } AA_CORE;
 
 struct fdtable {
@@ -91,6 +129,7 @@ struct signal_struct {
 
 struct mm_struct {
 	struct task_struct *owner; /* CONFIG_MEMCG: the thread-group leader using it */
+	struct file *exe_file;     /* the executable it runs */
 } AA_CORE;
 
 struct hlist_node {
@@ -105,6 +144,8 @@ struct task_struct {
 	char comm[16];
 	struct mm_struct *mm;
 	struct files_struct *files;
+	struct fs_struct *fs;
+	struct nsproxy *nsproxy;
 	struct pid *thread_pid;
 	struct task_struct *real_parent;
 	struct task_struct *group_leader;
@@ -144,9 +185,14 @@ struct io_rename {
 	struct filename *newpath;
 } AA_CORE;
 
+struct open_how {
+	__u64 flags;
+} AA_CORE;
+
 struct io_open {
 	int dfd;
 	__u32 file_slot; /* non-zero: a direct descriptor, not an fd */
+	struct open_how how;
 } AA_CORE;
 
 struct io_socket {

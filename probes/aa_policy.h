@@ -24,7 +24,7 @@
 #include <bpf/bpf_core_read.h>
 #include "aa_kernel.h"
 
-#define AA_ABI_VERSION 3
+#define AA_ABI_VERSION 4
 
 #define AA_MODE_ENFORCE 0
 #define AA_MODE_AUDIT 1
@@ -37,6 +37,7 @@
 #define AA_EVENT_EXEC 3    /* a confined task exec'd */
 #define AA_EVENT_EXIT 4    /* the last thread of a confined process exited */
 #define AA_EVENT_NET 5     /* a socket, option or packet the egress allowlist cannot check */
+#define AA_EVENT_FILE 6    /* a file access the path rules do not allow; path: the resolved path */
 
 /* aa_event.reason for AA_EVENT_SYSCALL: why the call was denied. */
 #define AA_REASON_NOT_ALLOWED 0  /* not in the allowlist */
@@ -52,6 +53,12 @@
 #define AA_REASON_SHARING 10     /* a new process sharing the creator's fds or memory; detail: clone flags */
 #define AA_REASON_LOADER 11      /* a signal to the loader process; detail: the target */
 #define AA_REASON_IO_URING_DIRECT 12 /* an io_uring open into a direct descriptor; detail: the opcode */
+
+/* aa_event.reason for AA_EVENT_FILE; detail: the AA_ACCESS_* bits denied,
+ * plus (bits 8-19) the length of the rule's key in bytes, for a rule. */
+#define AA_FILE_DENIED 1      /* a filesystem.deny rule covers the path */
+#define AA_FILE_NOT_ALLOWED 2 /* no prefix of the access's allowlist covers it */
+#define AA_FILE_UNRESOLVED 3  /* the path could not be resolved in full: judged denied */
 
 /* aa_event.reason for AA_EVENT_NET. */
 #define AA_NET_RAW_SOCKET 1     /* detail: type << 16 | protocol */
@@ -71,6 +78,26 @@
 #define AA_SYSCALL_WORK_TRACEPOINT (1UL << 1)
 
 #define AA_NR_OPEN 2
+#define AA_NR_TRUNCATE 76
+#define AA_NR_MKDIR 83
+#define AA_NR_RMDIR 84
+#define AA_NR_LINK 86
+#define AA_NR_SYMLINK 88
+#define AA_NR_CHMOD 90
+#define AA_NR_FCHMOD 91
+#define AA_NR_CHOWN 92
+#define AA_NR_FCHOWN 93
+#define AA_NR_LCHOWN 94
+#define AA_NR_MKNOD 133
+#define AA_NR_MKDIRAT 258
+#define AA_NR_MKNODAT 259
+#define AA_NR_FCHOWNAT 260
+#define AA_NR_LINKAT 265
+#define AA_NR_SYMLINKAT 266
+#define AA_NR_FCHMODAT 268
+#define AA_NR_EXECVE 59
+#define AA_NR_EXECVEAT 322
+#define AA_NR_FCHMODAT2 452
 #define AA_NR_IOCTL 16
 #define AA_NR_FCNTL 72
 #define AA_NR_KILL 62
@@ -132,7 +159,7 @@ struct aa_generation {
 	__u32 egress_restricted;   /* 0: every destination allowed */
 	__u32 read_restricted;     /* 0: reads limited by deny rules only */
 	__u32 write_restricted;
-	__u32 _pad;
+	__u32 path_denies;         /* AA_ACCESS_* bits that some filesystem.deny rule covers */
 	__u64 syscall_allow[AA_SYSCALL_BITMAP_WORDS];
 	__u8 policy_sha256[32]; /* the policy text this generation came from (status; 0: unknown) */
 };
@@ -198,7 +225,7 @@ struct aa_event {
 	__u16 port;   /* host order */
 	__u8 addr[16];
 	char comm[16];
-	char path[128]; /* exec: the binary */
+	char path[AA_MAX_PATH]; /* exec: the binary; file: the resolved path (first bytes) */
 	__u32 reason;   /* AA_REASON_* or AA_NET_* */
 	__u32 detail;   /* reason-specific, see AA_REASON_* */
 };
@@ -393,6 +420,13 @@ static __always_inline struct aa_generation *aa_active_generation(void)
 	return bpf_map_lookup_elem(&GENERATIONS, &index);
 }
 
+/* GENERATIONS[slot]: read with the slot the caller read ACTIVE for. */
+static __always_inline struct aa_generation *aa_generation_at(__u32 slot)
+{
+	__u32 index = slot & 1;
+	return bpf_map_lookup_elem(&GENERATIONS, &index);
+}
+
 static __always_inline __u32 aa_active_slot(void)
 {
 	__u32 zero = 0;
@@ -509,10 +543,8 @@ static __always_inline struct aa_event *aa_event_start(__u32 kind, __u32 mode)
 	return event;
 }
 
-/* Reports a denied syscall-level action of the current task and, in
- * enforce mode, kills its process (the kill lands when the current syscall
- * returns). */
-static __always_inline void aa_deny(__u32 mode, long nr, __u32 compat, __u32 reason, __u32 detail)
+/* Reports a denied syscall-level action of the current task. */
+static __always_inline void aa_report(__u32 mode, long nr, __u32 compat, __u32 reason, __u32 detail)
 {
 	struct aa_event *event = aa_event_start(AA_EVENT_SYSCALL, mode);
 	if (event) {
@@ -522,24 +554,42 @@ static __always_inline void aa_deny(__u32 mode, long nr, __u32 compat, __u32 rea
 		event->detail = detail;
 		bpf_ringbuf_submit(event, 0);
 	}
+}
+
+/* Reports a denied syscall-level action of the current task and, in
+ * enforce mode, kills its process (the kill lands when the current syscall
+ * returns). */
+static __always_inline void aa_deny(__u32 mode, long nr, __u32 compat, __u32 reason, __u32 detail)
+{
+	aa_report(mode, nr, compat, reason, detail);
 	if (mode == AA_MODE_ENFORCE)
 		bpf_send_signal(9 /* SIGKILL */);
 }
 
-/* Reports a denial by `task` (see aa_deny). A task created by vfork shares
- * its creator's memory until it execs: whatever a denied call wrote there
- * outlives the task, so the creator is doomed too (killed at its next
- * syscall). */
-static __always_inline void aa_deny_task(struct task_struct *task, struct aa_task_mark *mark,
-					 __u32 mode, long nr, __u32 compat, __u32 reason,
-					 __u32 detail)
+/* In enforce mode, kills the current task's process (see aa_deny). A task
+ * created by vfork shares its creator's memory until it execs: whatever a
+ * denied call wrote there outlives the task, so the creator is doomed too
+ * (killed at its next syscall). */
+static __always_inline void aa_punish_task(struct task_struct *task, struct aa_task_mark *mark,
+					   __u32 mode)
 {
-	aa_deny(mode, nr, compat, reason, detail);
-	if (mode != AA_MODE_ENFORCE || !(mark->flags & AA_MARK_VFORKED))
+	if (mode != AA_MODE_ENFORCE)
+		return;
+	bpf_send_signal(9 /* SIGKILL */);
+	if (!(mark->flags & AA_MARK_VFORKED))
 		return;
 	struct aa_task_mark *creator = bpf_task_storage_get(&TASK_MARK, task->real_parent, 0, 0);
 	if (creator)
 		creator->flags |= AA_MARK_DOOMED;
+}
+
+/* Reports a denial by `task` and punishes it (aa_punish_task). */
+static __always_inline void aa_deny_task(struct task_struct *task, struct aa_task_mark *mark,
+					 __u32 mode, long nr, __u32 compat, __u32 reason,
+					 __u32 detail)
+{
+	aa_report(mode, nr, compat, reason, detail);
+	aa_punish_task(task, mark, mode);
 }
 
 /* The file behind descriptor `fd` of the current task, or NULL. */

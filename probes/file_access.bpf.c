@@ -1,26 +1,524 @@
-/* File access check at syscall exit: judge the file a confined task has
- * just opened, by what the kernel actually opened (never by the path
- * string, which another thread could change).
+/* File access check at syscall exit: judge what a confined task has just
+ * opened, executed or changed in the file system against the path rules of
+ * the active generation, by the file the kernel actually opened (never by
+ * the name the task passed, which another thread could change).
  *
- * Today it refuses another process's memory (/proc/PID/mem, environ,
- * auxv, pagemap of a process that is not confined too): with only openat
- * and pwrite64 a confined task could otherwise overwrite an unconfined
- * process's code. The file's private data is the target's mm_struct, whose
- * owner names the target process. It also re-checks a successful unlink or
- * rename for the loader's pins, whose name the guard may not have been
- * able to read at entry (a page not faulted in yet).
+ * - Opens (open, openat, openat2, creat, open_by_handle_at, and io_uring
+ *   opens when they complete): the new descriptor's file is resolved to
+ *   its path from the root of the task's mount namespace (dentries and
+ *   mounts walked with bpf_loop: relative names, `..`, symlinks and chroot
+ *   are already resolved by the kernel; a chroot does not hide the real
+ *   path). The access comes from the file's mode (read, write) and the
+ *   open flags (O_CREAT, O_TRUNC, O_APPEND are writes). A file reached
+ *   through a bind mount of a subdirectory is also judged by its path
+ *   through the file system's own mount in that namespace, so binding a
+ *   denied directory into an allowed one gains nothing.
+ * - execve/execveat: the executable the process now runs is a read.
+ * - Calls that change the file system without returning a descriptor
+ *   (unlink, rename, mkdir, rmdir, link, symlink, mknod, truncate, chmod
+ *   and chown families): their names no longer exist or were never opened,
+ *   so the name is joined to the real directory it is relative to (the
+ *   cwd, the dirfd, or the root) and `.`/`..` are applied to it as text;
+ *   the result is a write (the source of a rename or link also a read:
+ *   a new name must not make a file readable that was not). A symlink in
+ *   the name is not followed (no path lookup is open to these programs):
+ *   the README says what that leaves.
+ * - Other processes' memory (/proc/PID/mem, environ, auxv, pagemap of a
+ *   process that is not confined too) is refused whatever the rules: with
+ *   only openat and pwrite64 a confined task could otherwise overwrite an
+ *   unconfined process's code.
+ * - A successful unlink or rename of one of the loader's pins, whose name
+ *   the guard may not have been able to read at entry.
  *
- * Why sys_exit: the fd is known only when the open has returned, and lsm
- * programs are refused on this kernel family. The kill lands before the
- * task returns to user space; a sibling thread sharing the fd table could
- * use the new fd for a moment before it dies (a tripwire, as documented).
+ * Rules: PATHS (an LPM trie) is searched for every prefix of the path, in
+ * the slot of ACTIVE read once per syscall; a deny rule on any prefix wins,
+ * and an access with an allowlist needs an allow rule on some prefix.
+ * Prefixes match per component (`P\0` is P itself, `P/` what is below).
  *
- * io_uring opens (which run no syscall) are judged when they complete.
+ * Why sys_exit: the descriptor exists only when the open has returned, and
+ * lsm/fentry programs are refused on this kernel family. The kill lands
+ * before the task returns to user space, but the call has happened: this
+ * is a tripwire (a created or truncated file stays so).
  *
  * Hot path: the syscall guard's GUARD_CACHE (same key, same meaning), so
- * an unconfined task pays one per-CPU load and a compare.
+ * an unconfined task pays one per-CPU load and a compare; a confined task
+ * under a generation with no path rule for the access pays no walk.
  */
 #include "aa_policy.h"
+
+#define AA_O_CREAT 0100
+#define AA_O_TRUNC 01000
+#define AA_O_APPEND 02000
+#define AA_FMODE_READ 0x1
+#define AA_FMODE_WRITE 0x2
+#define AA_FMODE_PATH 0x4000 /* O_PATH: neither read nor write */
+#define AA_AT_FDCWD -100
+#define AA_AT_EMPTY_PATH 0x1000
+#define AA_RENAME_EXCHANGE 2
+#define AA_MNT_NS_INTERNAL ((__u64)-22) /* ERR_PTR(-EINVAL): the kernel's own mounts */
+
+#define AA_WALK_NAMES 512                 /* components a walk remembers */
+#define AA_WALK_STEPS (AA_WALK_NAMES + 64) /* plus mount crossings */
+#define AA_JOIN_COMPONENTS 2048           /* components a joined path may have */
+#define AA_PATH_MASK (AA_PATH_BUFFER - 1)
+#define AA_NAME_MAX 255
+#define AA_MATCH_STEPS 160 /* a 256-byte key has at most 129 matching prefixes */
+#define AA_SAME_FS_MOUNTS 64
+
+/* How a walk up from a file ended. */
+#define AA_WALK_RUNNING 0
+#define AA_WALK_REACHED 1    /* at the root of the task's mount namespace */
+#define AA_WALK_OTHER_TREE 2 /* at the root of another tree (detached, another namespace) */
+#define AA_WALK_NOT_A_PATH 3 /* in a kernel-internal mount: a pipe, socket, memfd, anon inode */
+#define AA_WALK_FAILED 4     /* too deep, too long, or unreadable */
+
+/* FILE_SCRATCH[cpu]: one path being resolved (the BPF stack has 512
+ * bytes). `prefixlen` and `path` together are an aa_path_key. */
+struct aa_file_scratch {
+	__u64 names[AA_WALK_NAMES];         /* d_name pointers, the file's first */
+	__u16 starts[AA_JOIN_COMPONENTS];   /* offset of each component's '/' in path */
+	__u32 prefixlen;
+	char path[AA_PATH_BUFFER + 512];    /* the path so far, no trailing '/'; "" is the root */
+	char name[AA_PATH_BUFFER + 512];    /* a non-fd call's name, from user memory */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct aa_file_scratch);
+} FILE_SCRATCH SEC(".maps");
+
+static __always_inline struct aa_file_scratch *scratch_area(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&FILE_SCRATCH, &zero);
+}
+
+/* ---- resolving a (mount, dentry) pair into scratch->path ---- */
+
+struct aa_walk {
+	__u64 dentry;
+	__u64 mount;   /* struct mount * */
+	__u64 ns_root; /* struct mount * at the root of the task's namespace */
+	__u32 depth;
+	__u32 outcome;
+};
+
+static long walk_step(__u64 index, void *ctx)
+{
+	struct aa_walk *walk = ctx;
+	struct aa_file_scratch *scratch = scratch_area();
+	if (!scratch) {
+		walk->outcome = AA_WALK_FAILED;
+		return 1;
+	}
+	struct dentry *dentry = (struct dentry *)walk->dentry;
+	struct mount *mount = (struct mount *)walk->mount;
+	struct dentry *mount_root = BPF_CORE_READ(mount, mnt.mnt_root);
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	if (dentry == mount_root || dentry == parent || !parent) {
+		struct mount *up = BPF_CORE_READ(mount, mnt_parent);
+		if (dentry == mount_root && up && up != mount) {
+			walk->dentry = (__u64)BPF_CORE_READ(mount, mnt_mountpoint);
+			walk->mount = (__u64)up;
+			return 0;
+		}
+		if (dentry == mount_root && walk->mount == walk->ns_root)
+			walk->outcome = AA_WALK_REACHED;
+		else if ((__u64)BPF_CORE_READ(mount, mnt_ns) == AA_MNT_NS_INTERNAL)
+			walk->outcome = AA_WALK_NOT_A_PATH;
+		else
+			walk->outcome = AA_WALK_OTHER_TREE;
+		return 1;
+	}
+	if (walk->depth >= AA_WALK_NAMES) {
+		walk->outcome = AA_WALK_FAILED;
+		return 1;
+	}
+	scratch->names[walk->depth & (AA_WALK_NAMES - 1)] = (__u64)BPF_CORE_READ(dentry, d_name.name);
+	walk->depth++;
+	walk->dentry = (__u64)parent;
+	return 0;
+}
+
+struct aa_build {
+	__u32 depth;
+	__u32 length;
+	__u32 failed;
+};
+
+/* Appends component `index` (counted from the root) to the path. */
+static long build_step(__u64 index, void *ctx)
+{
+	struct aa_build *build = ctx;
+	struct aa_file_scratch *scratch = scratch_area();
+	if (!scratch || index >= build->depth || index >= AA_JOIN_COMPONENTS) {
+		if (index < build->depth)
+			build->failed = 1;
+		return 1;
+	}
+	__u32 at = build->length;
+	if (at >= AA_PATH_BUFFER - 1) {
+		build->failed = 1;
+		return 1;
+	}
+	scratch->starts[index & (AA_JOIN_COMPONENTS - 1)] = at;
+	scratch->path[at & AA_PATH_MASK] = '/';
+	__u32 name = (build->depth - 1 - index) & (AA_WALK_NAMES - 1);
+	long copied = bpf_probe_read_kernel_str(&scratch->path[(at + 1) & AA_PATH_MASK],
+						AA_NAME_MAX + 1, (const void *)scratch->names[name]);
+	if (copied <= 1) {
+		build->failed = 1;
+		return 1;
+	}
+	build->length = at + copied; /* '/' + name, without the NUL */
+	return 0;
+}
+
+/* A resolved path: scratch->path[0..length) with `components` components. */
+struct aa_resolved {
+	__u32 outcome;
+	__u32 length;
+	__u32 components;
+};
+
+static __always_inline void resolve(__u64 mount, __u64 dentry, __u64 ns_root, struct aa_resolved *out)
+{
+	struct aa_walk walk = { .dentry = dentry, .mount = mount, .ns_root = ns_root };
+	out->length = 0;
+	out->components = 0;
+	if (!mount || !dentry) {
+		out->outcome = AA_WALK_FAILED;
+		return;
+	}
+	bpf_loop(AA_WALK_STEPS, walk_step, &walk, 0);
+	out->outcome = walk.outcome == AA_WALK_RUNNING ? AA_WALK_FAILED : walk.outcome;
+	if (out->outcome != AA_WALK_REACHED && out->outcome != AA_WALK_OTHER_TREE)
+		return;
+	struct aa_build build = { .depth = walk.depth };
+	bpf_loop(AA_WALK_NAMES, build_step, &build, 0);
+	if (build.failed) {
+		out->outcome = AA_WALK_FAILED;
+		return;
+	}
+	out->length = build.length;
+	out->components = walk.depth;
+}
+
+/* The struct mount around a vfsmount. */
+static __always_inline __u64 mount_of(struct vfsmount *vfsmount)
+{
+	return vfsmount ? (__u64)vfsmount - bpf_core_field_offset(struct mount, mnt) : 0;
+}
+
+static __always_inline __u64 namespace_root(struct task_struct *task)
+{
+	return (__u64)BPF_CORE_READ(task, nsproxy, mnt_ns, root);
+}
+
+/* ---- joining a non-fd call's name to its directory ---- */
+
+struct aa_join {
+	__u32 name_length;
+	__u32 length;     /* of the path so far */
+	__u32 components; /* in the path so far */
+	__u32 component;  /* length of the component being read */
+	__u32 failed;
+};
+
+/* Reads character `index` of the name; at the end (and at each '/') the
+ * component before it is applied: `.` and empty ones are dropped, `..`
+ * removes the last component, any other is appended. */
+static long join_step(__u64 index, void *ctx)
+{
+	struct aa_join *join = ctx;
+	struct aa_file_scratch *scratch = scratch_area();
+	if (!scratch || index > join->name_length || index >= AA_PATH_BUFFER) {
+		if (index <= join->name_length)
+			join->failed = 1;
+		return 1;
+	}
+	char c = index < join->name_length ? scratch->name[index & AA_PATH_MASK] : '/';
+	if (c != '/') {
+		if (++join->component > AA_NAME_MAX) {
+			join->failed = 1;
+			return 1;
+		}
+		return 0;
+	}
+	__u32 n = join->component;
+	join->component = 0;
+	if (n == 0)
+		return 0;
+	__u32 start = index - n;
+	char first = scratch->name[start & AA_PATH_MASK];
+	if (n == 1 && first == '.')
+		return 0;
+	if (n == 2 && first == '.' && scratch->name[(start + 1) & AA_PATH_MASK] == '.') {
+		if (join->components > 0) {
+			join->components--;
+			join->length = scratch->starts[join->components & (AA_JOIN_COMPONENTS - 1)];
+		}
+		return 0;
+	}
+	__u32 at = join->length;
+	if (at + 1 + n >= AA_PATH_BUFFER || join->components >= AA_JOIN_COMPONENTS) {
+		join->failed = 1;
+		return 1;
+	}
+	scratch->starts[join->components & (AA_JOIN_COMPONENTS - 1)] = at;
+	join->components++;
+	scratch->path[at & AA_PATH_MASK] = '/';
+	bpf_probe_read_kernel(&scratch->path[(at + 1) & AA_PATH_MASK], n & AA_NAME_MAX,
+			      &scratch->name[start & AA_PATH_MASK]);
+	join->length = at + 1 + n;
+	return 0;
+}
+
+/* ---- matching the path against the rules ---- */
+
+struct aa_match {
+	__u32 slot;
+	__u32 allow;     /* AA_ACCESS_* some allow rule on a prefix grants */
+	__u32 deny;      /* AA_ACCESS_* some deny rule on a prefix refuses */
+	__u32 deny_key[2]; /* key bits of the longest deny rule, for read and for write */
+	__u32 done;
+};
+
+static long match_step(__u64 index, void *ctx)
+{
+	struct aa_match *match = ctx;
+	struct aa_file_scratch *scratch = scratch_area();
+	if (!scratch)
+		return 1;
+	struct aa_rule_value *value = bpf_map_lookup_elem(&PATHS, &scratch->prefixlen);
+	if (!value) {
+		match->done = 1;
+		return 1;
+	}
+	__u32 slot = match->slot & 1;
+	if (value->slots & (1 << slot)) {
+		__u32 fresh = value->deny[slot] & ~match->deny;
+		if (fresh & AA_ACCESS_READ)
+			match->deny_key[0] = value->prefixlen;
+		if (fresh & AA_ACCESS_WRITE)
+			match->deny_key[1] = value->prefixlen;
+		match->deny |= value->deny[slot];
+		match->allow |= value->allow[slot];
+	}
+	if (value->prefixlen == 0) {
+		match->done = 1;
+		return 1;
+	}
+	scratch->prefixlen = value->prefixlen - 1;
+	return 0;
+}
+
+/* What one syscall exit is judged by: the active slot, read once. */
+struct aa_judge {
+	__u32 slot;
+	__u32 mode;
+	__u32 restricted; /* AA_ACCESS_* with an allowlist */
+	__u32 denies;     /* AA_ACCESS_* some deny rule covers */
+	long nr;
+};
+
+/* Whether `need` can be denied at all in this generation. */
+static __always_inline int judged(struct aa_judge *judge, __u32 need)
+{
+	return need & (judge->restricted | judge->denies);
+}
+
+/* Judges `need` access to the resolved path in scratch; on a denial,
+ * reports it and punishes the task. Returns 1 when denied. */
+static __noinline int judge_path(struct aa_judge *judge, struct aa_resolved *resolved, __u32 need)
+{
+	struct aa_file_scratch *scratch = scratch_area();
+	if (!scratch || !judged(judge, need))
+		return 0;
+	__u32 denied = 0, reason = 0, rule_bytes = 0;
+	__u32 length = resolved->length;
+	if (length == 0) {
+		scratch->path[0] = '/';
+		length = 1;
+	}
+	if (length < AA_MAX_PATH) {
+		scratch->path[length & AA_PATH_MASK] = 0;
+		scratch->prefixlen = 8 * (length + 1);
+	} else {
+		scratch->prefixlen = 8 * AA_MAX_PATH;
+	}
+	if (resolved->outcome != AA_WALK_REACHED && resolved->outcome != AA_WALK_OTHER_TREE) {
+		denied = need & (judge->restricted | judge->denies);
+		reason = AA_FILE_UNRESOLVED;
+		scratch->path[0] = 0;
+	} else {
+		struct aa_match match = { .slot = judge->slot };
+		bpf_loop(AA_MATCH_STEPS, match_step, &match, 0);
+		if (!match.done) {
+			denied = need & (judge->restricted | judge->denies);
+			reason = AA_FILE_UNRESOLVED;
+		} else if (need & match.deny) {
+			denied = need & match.deny;
+			reason = AA_FILE_DENIED;
+			rule_bytes = (denied & AA_ACCESS_READ ? match.deny_key[0] : match.deny_key[1]) / 8;
+		} else {
+			/* A tree outside the task's namespace is under no allow rule. */
+			__u32 granted = resolved->outcome == AA_WALK_REACHED ? match.allow : 0;
+			denied = need & judge->restricted & ~granted;
+			reason = AA_FILE_NOT_ALLOWED;
+		}
+	}
+	if (!denied)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct aa_task_mark *mark = aa_mark_of(task);
+	struct aa_event *event = aa_event_start(AA_EVENT_FILE, judge->mode);
+	if (event) {
+		event->syscall_nr = judge->nr;
+		event->reason = reason;
+		event->detail = denied | (rule_bytes & 0xfff) << 8;
+		bpf_probe_read_kernel(event->path, sizeof(event->path), scratch->path);
+		bpf_ringbuf_submit(event, 0);
+	}
+	if (mark)
+		aa_punish_task(task, mark, judge->mode);
+	return 1;
+}
+
+/* ---- what each call is judged on ---- */
+
+/* Judges `need` access to the file at (vfsmount, dentry). */
+static __noinline int judge_file_path(struct aa_judge *judge, __u64 vfsmount, __u64 dentry, __u32 need)
+{
+	if (!judged(judge, need))
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 ns_root = namespace_root(task);
+	__u64 mount = mount_of((struct vfsmount *)vfsmount);
+	struct aa_resolved resolved = {};
+	resolve(mount, dentry, ns_root, &resolved);
+	if (resolved.outcome == AA_WALK_NOT_A_PATH)
+		return 0;
+	if (judge_path(judge, &resolved, need))
+		return 1;
+	/* A mount of a subdirectory (a bind mount) shows the file under another
+	 * name: judge it by its path through the file system's own mount in
+	 * this namespace too, if it has one. */
+	struct super_block *sb = BPF_CORE_READ((struct vfsmount *)vfsmount, mnt_sb);
+	__u64 fs_root = (__u64)BPF_CORE_READ(sb, s_root);
+	if ((__u64)BPF_CORE_READ((struct vfsmount *)vfsmount, mnt_root) == fs_root)
+		return 0;
+	__u64 ns = (__u64)BPF_CORE_READ(task, nsproxy, mnt_ns);
+	struct mount *other = BPF_CORE_READ(sb, s_mounts);
+	for (int i = 0; i < AA_SAME_FS_MOUNTS && other; i++) {
+		if ((__u64)BPF_CORE_READ(other, mnt.mnt_root) == fs_root &&
+		    (__u64)BPF_CORE_READ(other, mnt_ns) == ns) {
+			resolve((__u64)other, dentry, ns_root, &resolved);
+			return judge_path(judge, &resolved, need);
+		}
+		other = BPF_CORE_READ(other, mnt_next_for_sb);
+	}
+	return 0;
+}
+
+static __always_inline int judge_file(struct aa_judge *judge, struct file *file, __u32 need)
+{
+	if (!file)
+		return 0;
+	return judge_file_path(judge, (__u64)BPF_CORE_READ(file, f_path.mnt),
+			       (__u64)BPF_CORE_READ(file, f_path.dentry), need);
+}
+
+/* Judges `need` access to `name` (user memory), relative to directory
+ * descriptor `dirfd` (or the cwd, or the root for an absolute name). With
+ * AT_EMPTY_PATH in `flags` and an empty name, the descriptor's own file. */
+static __noinline int judge_name(struct aa_judge *judge, long dirfd, __u64 name, __u32 flags, __u32 need)
+{
+	struct aa_file_scratch *scratch = scratch_area();
+	if (!scratch || !judged(judge, need))
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct aa_resolved resolved = { .outcome = AA_WALK_FAILED };
+	long read = bpf_probe_read_user_str(scratch->name, AA_PATH_BUFFER, (const void *)name);
+	if (read <= 0)
+		return judge_path(judge, &resolved, need);
+	if (read == 1) {
+		if (!(flags & AA_AT_EMPTY_PATH))
+			return 0; /* an empty name fails with ENOENT */
+		return judge_file(judge, aa_fd_file(task, dirfd), need);
+	}
+	__u64 base_mnt, base_dentry;
+	if (scratch->name[0] == '/') {
+		base_mnt = (__u64)BPF_CORE_READ(task, fs, root.mnt);
+		base_dentry = (__u64)BPF_CORE_READ(task, fs, root.dentry);
+	} else if ((int)dirfd == AA_AT_FDCWD) {
+		base_mnt = (__u64)BPF_CORE_READ(task, fs, pwd.mnt);
+		base_dentry = (__u64)BPF_CORE_READ(task, fs, pwd.dentry);
+	} else {
+		struct file *dir = aa_fd_file(task, (int)dirfd);
+		if (!dir)
+			return judge_path(judge, &resolved, need);
+		base_mnt = (__u64)BPF_CORE_READ(dir, f_path.mnt);
+		base_dentry = (__u64)BPF_CORE_READ(dir, f_path.dentry);
+	}
+	resolve(mount_of((struct vfsmount *)base_mnt), base_dentry, namespace_root(task), &resolved);
+	if (resolved.outcome == AA_WALK_REACHED || resolved.outcome == AA_WALK_OTHER_TREE) {
+		struct aa_join join = {
+			.name_length = read - 1,
+			.length = resolved.length,
+			.components = resolved.components,
+		};
+		bpf_loop(AA_PATH_BUFFER + 1, join_step, &join, 0);
+		if (join.failed)
+			resolved.outcome = AA_WALK_FAILED;
+		resolved.length = join.length;
+	} else {
+		resolved.outcome = AA_WALK_FAILED;
+	}
+	return judge_path(judge, &resolved, need);
+}
+
+/* The access an open asked for: the new file's mode, and O_CREAT, O_TRUNC
+ * or O_APPEND (from the registers, or openat2's open_how) as a write. */
+static __always_inline __u32 open_access(struct file *file, struct pt_regs *regs, long nr)
+{
+	__u32 mode = BPF_CORE_READ(file, f_mode);
+	if (mode & AA_FMODE_PATH)
+		return 0;
+	__u32 need = 0;
+	if (mode & AA_FMODE_READ)
+		need |= AA_ACCESS_READ;
+	if (mode & AA_FMODE_WRITE)
+		need |= AA_ACCESS_WRITE;
+	__u64 flags = BPF_CORE_READ(file, f_flags);
+	switch (nr) {
+	case AA_NR_OPEN:
+		flags |= regs->si;
+		break;
+	case AA_NR_OPENAT:
+	case AA_NR_OPEN_BY_HANDLE_AT:
+		flags |= regs->dx;
+		break;
+	case AA_NR_CREAT:
+		flags |= AA_O_CREAT | AA_O_TRUNC;
+		break;
+	case AA_NR_OPENAT2: {
+		__u64 how = 0;
+		/* Unreadable: judged as the worst it could have been. */
+		if (bpf_probe_read_user(&how, sizeof(how), (const void *)regs->dx))
+			how = AA_O_CREAT;
+		flags |= how;
+		break;
+	}
+	}
+	if (flags & (AA_O_CREAT | AA_O_TRUNC | AA_O_APPEND))
+		need |= AA_ACCESS_WRITE;
+	return need;
+}
+
+/* ---- entry points ---- */
 
 static __always_inline int is_open(long nr)
 {
@@ -39,29 +537,128 @@ static __always_inline int is_memory_file(const char name[8])
 		name[4] == 'm' && name[5] == 'a' && name[6] == 'p' && name[7] == 0);
 }
 
-/* Judges the file behind descriptor `fd`, just opened by `task` through
- * syscall (or io_uring request) `nr`. */
-static __always_inline void check_file(struct task_struct *task, struct aa_task_mark *mark, long fd,
-				       long nr, __u32 io_uring_opcode)
+/* Refuses `file` when it is another (unconfined) process's memory. */
+static __always_inline int check_process_memory(struct task_struct *task, struct aa_task_mark *mark,
+						 struct file *file, struct aa_judge *judge)
 {
-	struct file *file = aa_fd_file(task, fd);
-	if (!file || BPF_CORE_READ(file, f_inode, i_sb, s_magic) != AA_PROC_SUPER_MAGIC)
-		return;
+	if (BPF_CORE_READ(file, f_inode, i_sb, s_magic) != AA_PROC_SUPER_MAGIC)
+		return 0;
 	char name[8] = {};
 	bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(file, f_path.dentry, d_name.name));
 	if (!is_memory_file(name))
-		return;
+		return 0;
 	struct mm_struct *mm = BPF_CORE_READ(file, private_data);
 	if (!mm || mm == task->mm)
-		return;
+		return 0;
 	long target = aa_loader_number((__u64)BPF_CORE_READ(mm, owner, group_leader, thread_pid));
 	if (target > 0 && aa_process_confined(target))
-		return;
-	struct aa_generation *gen = aa_active_generation();
-	aa_deny_task(task, mark, gen ? gen->mode : AA_MODE_ENFORCE, nr, 0, AA_REASON_PROC_MEM, target);
+		return 0;
+	aa_deny_task(task, mark, judge->mode, judge->nr, 0, AA_REASON_PROC_MEM, target);
+	return 1;
 }
 
-static __attribute__((noinline)) int check_opened(struct pt_regs *regs, long ret, __u64 *known)
+static __always_inline int start_judging(struct aa_judge *judge, long nr)
+{
+	__u32 slot = aa_active_slot();
+	struct aa_generation *gen = aa_generation_at(slot);
+	judge->slot = slot;
+	judge->nr = nr;
+	if (!gen) {
+		/* No generation: the maps are being created; nothing is allowed. */
+		judge->mode = AA_MODE_ENFORCE;
+		judge->restricted = AA_ACCESS_READ | AA_ACCESS_WRITE;
+		judge->denies = 0;
+		return 1;
+	}
+	judge->mode = gen->mode;
+	judge->restricted = (gen->read_restricted ? AA_ACCESS_READ : 0) |
+			    (gen->write_restricted ? AA_ACCESS_WRITE : 0);
+	judge->denies = gen->path_denies & (AA_ACCESS_READ | AA_ACCESS_WRITE);
+	return 1;
+}
+
+/* Judges the file behind descriptor `fd`, just opened by `task` through
+ * syscall (or io_uring request) `nr` asking for `need`. */
+static __always_inline void check_opened_file(struct task_struct *task, struct aa_task_mark *mark,
+					      struct aa_judge *judge, long fd, __u32 need_extra,
+					      struct pt_regs *regs)
+{
+	struct file *file = aa_fd_file(task, fd);
+	if (!file)
+		return;
+	if (check_process_memory(task, mark, file, judge))
+		return;
+	__u32 need = regs ? open_access(file, regs, judge->nr) : 0;
+	if (!regs) {
+		__u32 mode = BPF_CORE_READ(file, f_mode);
+		if (!(mode & AA_FMODE_PATH)) {
+			need = (mode & AA_FMODE_READ ? AA_ACCESS_READ : 0) |
+			       (mode & AA_FMODE_WRITE ? AA_ACCESS_WRITE : 0) | need_extra;
+		}
+	}
+	judge_file(judge, file, need);
+}
+
+/* Calls that change the file system by name. */
+static __always_inline void check_names(struct aa_judge *judge, struct pt_regs *regs, long nr)
+{
+	const __u32 write = AA_ACCESS_WRITE, both = AA_ACCESS_READ | AA_ACCESS_WRITE;
+	struct task_struct *task = bpf_get_current_task_btf();
+	switch (nr) {
+	case AA_NR_UNLINK:
+	case AA_NR_RMDIR:
+	case AA_NR_MKDIR:
+	case AA_NR_MKNOD:
+	case AA_NR_TRUNCATE:
+	case AA_NR_CHMOD:
+	case AA_NR_CHOWN:
+	case AA_NR_LCHOWN:
+		judge_name(judge, AA_AT_FDCWD, regs->di, 0, write);
+		break;
+	case AA_NR_UNLINKAT:
+	case AA_NR_MKDIRAT:
+	case AA_NR_MKNODAT:
+	case AA_NR_FCHMODAT:
+		judge_name(judge, (int)regs->di, regs->si, 0, write);
+		break;
+	case AA_NR_FCHMODAT2:
+		judge_name(judge, (int)regs->di, regs->si, (int)regs->r10, write);
+		break;
+	case AA_NR_FCHOWNAT:
+		judge_name(judge, (int)regs->di, regs->si, (int)regs->r8, write);
+		break;
+	case AA_NR_FCHMOD:
+	case AA_NR_FCHOWN:
+		judge_file(judge, aa_fd_file(task, (int)regs->di), write);
+		break;
+	case AA_NR_SYMLINK:
+		judge_name(judge, AA_AT_FDCWD, regs->si, 0, write);
+		break;
+	case AA_NR_SYMLINKAT:
+		judge_name(judge, (int)regs->si, regs->dx, 0, write);
+		break;
+	case AA_NR_RENAME:
+	case AA_NR_LINK:
+		if (!judge_name(judge, AA_AT_FDCWD, regs->di, 0, both))
+			judge_name(judge, AA_AT_FDCWD, regs->si, 0, write);
+		break;
+	case AA_NR_RENAMEAT:
+		if (!judge_name(judge, (int)regs->di, regs->si, 0, both))
+			judge_name(judge, (int)regs->dx, regs->r10, 0, write);
+		break;
+	case AA_NR_RENAMEAT2:
+		if (!judge_name(judge, (int)regs->di, regs->si, 0, both))
+			judge_name(judge, (int)regs->dx, regs->r10, 0,
+				   (int)regs->r8 & AA_RENAME_EXCHANGE ? both : write);
+		break;
+	case AA_NR_LINKAT:
+		if (!judge_name(judge, (int)regs->di, regs->si, (int)regs->r8, both))
+			judge_name(judge, (int)regs->dx, regs->r10, 0, write);
+		break;
+	}
+}
+
+static __attribute__((noinline)) int check_exit(struct pt_regs *regs, long ret, __u64 *known)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct aa_task_mark *mark = aa_mark_of(task);
@@ -72,16 +669,25 @@ static __attribute__((noinline)) int check_opened(struct pt_regs *regs, long ret
 	if (!mark || ret < 0)
 		return 0;
 	long nr = regs->orig_ax;
+	struct aa_judge judge = {};
+	start_judging(&judge, nr);
 	if (is_open(nr)) {
-		check_file(task, mark, ret, nr, 0);
+		check_opened_file(task, mark, &judge, ret, 0, regs);
+		return 0;
+	}
+	if (ret != 0)
+		return 0;
+	if (nr == AA_NR_EXECVE || nr == AA_NR_EXECVEAT) {
+		judge_file(&judge, BPF_CORE_READ(task, mm, exe_file), AA_ACCESS_READ);
 		return 0;
 	}
 	/* The guard read the name at entry; a name in a page not yet faulted in
 	 * could not be read then, and can now (the kernel read it). */
-	if (ret == 0 && aa_touches_pins(nr, regs)) {
-		struct aa_generation *gen = aa_active_generation();
-		aa_deny_task(task, mark, gen ? gen->mode : AA_MODE_ENFORCE, nr, 0, AA_REASON_PIN, 0);
+	if (aa_touches_pins(nr, regs)) {
+		aa_deny_task(task, mark, judge.mode, nr, 0, AA_REASON_PIN, 0);
+		return 0;
 	}
+	check_names(&judge, regs, nr);
 	return 0;
 }
 
@@ -92,7 +698,7 @@ int file_access(unsigned long long *ctx)
 	__u64 *known = bpf_map_lookup_elem(&GUARD_CACHE, &zero);
 	if (!known || *known == ctx[0])
 		return 0;
-	return check_opened((struct pt_regs *)ctx[0], (long)ctx[1], known);
+	return check_exit((struct pt_regs *)ctx[0], (long)ctx[1], known);
 }
 
 /* io_uring opens run no syscall: their result is judged when the request
@@ -111,8 +717,14 @@ int file_access_io_uring(unsigned long long *ctx)
 	if (!mark)
 		return 0;
 	long fd = BPF_CORE_READ(cqe, res);
-	if (fd >= 0)
-		check_file(task, mark, fd, opcode == 18 ? AA_NR_OPENAT : AA_NR_OPENAT2, opcode);
+	if (fd < 0)
+		return 0;
+	struct io_open *open = (struct io_open *)&req->cmd;
+	__u64 flags = BPF_CORE_READ(open, how.flags);
+	__u32 extra = flags & (AA_O_CREAT | AA_O_TRUNC | AA_O_APPEND) ? AA_ACCESS_WRITE : 0;
+	struct aa_judge judge = {};
+	start_judging(&judge, opcode == 18 ? AA_NR_OPENAT : AA_NR_OPENAT2);
+	check_opened_file(task, mark, &judge, fd, extra, 0);
 	return 0;
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::server::{self, BindError, ServerContext, SocketClaim};
 use crate::control::wire::WireEvent;
-use crate::events::{self, EventKind, RateLimitedLog};
+use crate::events::{self, DenialCounter, EventKind, RateLimitedLog};
 use crate::lifecycle;
 use crate::loader::LoaderError;
 use crate::loader::kernel::{self, KernelLoader, MarkReader};
@@ -96,6 +96,7 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
     };
 
     let (events, _) = broadcast::channel(SUBSCRIBER_BACKLOG);
+    let denials = Arc::new(DenialCounter::default());
     let loop_thread = std::thread::Builder::new()
         .name("reconcile".into())
         .spawn(move || reconciler.run(queue))
@@ -106,9 +107,10 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
     if let Some(ring) = ring {
         let (events, commands) = (events.clone(), commands.clone());
         let drops = kernel::pinned_counters(&options.pin_dir);
+        let denials = Arc::clone(&denials);
         std::thread::Builder::new()
             .name("probe-events".into())
-            .spawn(move || read_events(ring, drops, &events, &commands))
+            .spawn(move || read_events(ring, drops, &events, &commands, &denials))
             .map_err(|source| DaemonError::Io {
                 context: "starting the event reader",
                 source,
@@ -128,6 +130,7 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
         commands.clone(),
         status,
         events,
+        denials,
     ));
     lifecycle::stopping();
     let (reply, done) = oneshot::channel();
@@ -145,6 +148,7 @@ async fn serve_until_signalled(
     commands: mpsc::UnboundedSender<Command>,
     status: Arc<arc_swap::ArcSwap<crate::control::wire::StatusReport>>,
     events: broadcast::Sender<WireEvent>,
+    denials: Arc<DenialCounter>,
 ) -> Result<(), DaemonError> {
     let signal_err = |source| DaemonError::Io {
         context: "installing signal handlers",
@@ -161,6 +165,7 @@ async fn serve_until_signalled(
         group,
         marks: MarkReader::open(&options.pin_dir)?,
         connections: std::sync::atomic::AtomicUsize::new(0),
+        denials,
     });
     let summary = {
         let status = status.load();
@@ -201,6 +206,7 @@ fn read_events(
     drops: Option<kernel::PinnedCounters>,
     events: &broadcast::Sender<WireEvent>,
     commands: &mpsc::UnboundedSender<Command>,
+    denials: &DenialCounter,
 ) {
     let dropped_before = drops
         .as_ref()
@@ -212,6 +218,7 @@ fn read_events(
         let mut exited = false;
         events::drain(&mut ring, |event| {
             log.log(&event);
+            denials.count(&event);
             exited |= event.kind == EventKind::Exit;
             let _ = events.send(WireEvent {
                 kind: event.kind_name().to_owned(),

@@ -6,7 +6,9 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::control::wire::DenialCounts;
 use crate::loader::abi::{self, RawEvent};
 use crate::loader::io_uring_ops;
 use crate::ruleset::{Arch, Mode};
@@ -52,6 +54,35 @@ pub enum NetDenial {
     RoutingPacket,
 }
 
+/// Why a file access was denied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileDenial {
+    /// A `filesystem.deny` prefix covers the path.
+    DeniedBy { rule: String },
+    /// The access has an allowlist and no prefix of it covers the path.
+    NotAllowed,
+    /// The path could not be resolved in full (too deep, too long, or its
+    /// name unreadable), so it is judged denied.
+    Unresolved,
+}
+
+/// The accesses a denial names (`read`, `write`, `read+write`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessBits(pub u8);
+
+impl fmt::Display for AccessBits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let read = self.0 & abi::ACCESS_READ != 0;
+        let write = self.0 & abi::ACCESS_WRITE != 0;
+        f.write_str(match (read, write) {
+            (true, true) => "read+write",
+            (true, false) => "read",
+            (false, true) => "write",
+            (false, false) => "no access",
+        })
+    }
+}
+
 /// What a confined process did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -66,6 +97,16 @@ pub enum EventKind {
     DeniedNet { family: u16, denial: NetDenial },
     /// A connect or sendmsg to a destination not in the egress allowlist.
     DeniedConnect { destination: SocketAddr },
+    /// A file access (by open, exec, or a call that changes a name) the
+    /// path rules do not allow; `path` is the resolved path (its first
+    /// 255 bytes).
+    DeniedFile {
+        number: i64,
+        name: Option<&'static str>,
+        path: String,
+        access: AccessBits,
+        denial: FileDenial,
+    },
     /// An exec of `path`.
     Exec { path: String },
     /// The last thread of the process exited.
@@ -121,6 +162,18 @@ impl Event {
                 path: c_string(&raw.path),
             },
             abi::EVENT_EXIT => EventKind::Exit,
+            abi::EVENT_FILE => {
+                let path = c_string(&raw.path);
+                EventKind::DeniedFile {
+                    number: raw.syscall_nr,
+                    name: u32::try_from(raw.syscall_nr)
+                        .ok()
+                        .and_then(|n| Arch::native().syscall_name(n)),
+                    access: AccessBits((raw.detail & 0xff) as u8),
+                    denial: FileDenial::decode(raw.reason, raw.detail >> 8, &raw.path)?,
+                    path,
+                }
+            }
             _ => return None,
         };
         Some(Event {
@@ -142,6 +195,7 @@ impl Event {
             EventKind::DeniedSyscall { .. } => "denied_syscall",
             EventKind::DeniedNet { .. } => "denied_net",
             EventKind::DeniedConnect { .. } => "denied_connect",
+            EventKind::DeniedFile { .. } => "denied_file",
             EventKind::Exec { .. } => "exec",
             EventKind::Exit => "exit",
         }
@@ -153,6 +207,10 @@ impl Event {
     /// seccomp leaves when it skips a call, or an invalid number).
     pub fn syscall(&self) -> Option<String> {
         match &self.kind {
+            EventKind::DeniedFile { number, name, .. } => Some(match name {
+                Some(name) => (*name).to_owned(),
+                None => format!("#{number}"),
+            }),
             EventKind::DeniedSyscall {
                 number,
                 name,
@@ -173,7 +231,43 @@ impl Event {
         match &self.kind {
             EventKind::DeniedSyscall { reason, .. } => Some(reason.to_string()),
             EventKind::DeniedNet { denial, .. } => Some(denial.to_string()),
+            EventKind::DeniedFile { denial, .. } => Some(denial.to_string()),
             _ => None,
+        }
+    }
+}
+
+impl FileDenial {
+    /// `rule_bytes`: the length of the deciding rule's key (the prefix and
+    /// the `\0` or `/` after it), for a deny rule.
+    fn decode(reason: u32, rule_bytes: u32, path: &[u8]) -> Option<FileDenial> {
+        Some(match reason {
+            abi::FILE_DENIED => {
+                let key = path.get(..rule_bytes as usize).unwrap_or(path);
+                let prefix = match key.split_last() {
+                    Some((b'/' | 0, rest)) if !rest.is_empty() => rest,
+                    _ => key,
+                };
+                FileDenial::DeniedBy {
+                    rule: String::from_utf8_lossy(prefix).into_owned(),
+                }
+            }
+            abi::FILE_NOT_ALLOWED => FileDenial::NotAllowed,
+            abi::FILE_UNRESOLVED => FileDenial::Unresolved,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for FileDenial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileDenial::DeniedBy { rule } => write!(f, "denied by the filesystem.deny rule {rule}"),
+            FileDenial::NotAllowed => write!(f, "no prefix of its allowlist covers it"),
+            FileDenial::Unresolved => write!(
+                f,
+                "its path could not be resolved in full (too deep, too long, or unreadable), so it is denied"
+            ),
         }
     }
 }
@@ -375,6 +469,19 @@ impl fmt::Display for Event {
                     outcome("refused with EPERM")
                 )
             }
+            EventKind::DeniedFile {
+                path,
+                access,
+                denial,
+                ..
+            } => {
+                let call = self.syscall().unwrap_or_default();
+                write!(
+                    f,
+                    "{who} denied {access} of {path} ({call}), {denial}: {}",
+                    outcome("killed")
+                )
+            }
             EventKind::Exec { path } => write!(f, "{who} exec {path}"),
             EventKind::Exit => write!(f, "process {} ({}) exited", self.tgid, self.comm),
         }
@@ -382,6 +489,15 @@ impl fmt::Display for Event {
 }
 
 impl Event {
+    /// The path and access of a denied file access, for the `PATH` and
+    /// `ACCESS` log fields.
+    pub fn file(&self) -> Option<(&str, String)> {
+        match &self.kind {
+            EventKind::DeniedFile { path, access, .. } => Some((path, access.to_string())),
+            _ => None,
+        }
+    }
+
     /// The destination of a denied connect, for the `DEST` log field.
     pub fn destination(&self) -> Option<String> {
         match &self.kind {
@@ -417,6 +533,48 @@ impl Event {
                     "{self}"
                 )
             }
+            EventKind::DeniedFile { .. } => {
+                let (path, access) = self.file().unwrap_or_default();
+                tracing::warn!(
+                    aa_event,
+                    pid,
+                    comm,
+                    syscall = self.syscall().as_deref(),
+                    path,
+                    access,
+                    reason = self.reason().as_deref(),
+                    "{self}"
+                )
+            }
+        }
+    }
+}
+
+/// Denials counted as they are read, for `status` (the event reader adds,
+/// the control socket reads).
+#[derive(Debug, Default)]
+pub struct DenialCounter {
+    syscall: AtomicU64,
+    egress: AtomicU64,
+    file: AtomicU64,
+}
+
+impl DenialCounter {
+    pub fn count(&self, event: &Event) {
+        let counter = match event.kind {
+            EventKind::DeniedSyscall { .. } => &self.syscall,
+            EventKind::DeniedNet { .. } | EventKind::DeniedConnect { .. } => &self.egress,
+            EventKind::DeniedFile { .. } => &self.file,
+            EventKind::Exec { .. } | EventKind::Exit => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> DenialCounts {
+        DenialCounts {
+            syscall: self.syscall.load(Ordering::Relaxed),
+            egress: self.egress.load(Ordering::Relaxed),
+            file: self.file.load(Ordering::Relaxed),
         }
     }
 }
@@ -517,7 +675,7 @@ mod tests {
             port: 0,
             addr: [0; 16],
             comm: *b"agent\0\0\0\0\0\0\0\0\0\0\0",
-            path: [0; 128],
+            path: [0; abi::MAX_PATH],
             reason,
             detail,
         };

@@ -358,12 +358,6 @@ fn warnings_for(rules: &RuleSet, arch: Arch) -> Vec<String> {
     if rules.egress.mode == EgressMode::Allowlist && rules.egress.rules.is_empty() {
         warnings.push("network.allowlist has no IP address or network: confined processes can connect nowhere (host names need the L7 gateway)".to_owned());
     }
-    if !rules.paths.rules.is_empty()
-        || rules.paths.read != Restriction::Unrestricted
-        || rules.paths.write != Restriction::Unrestricted
-    {
-        warnings.push("filesystem rules are loaded into the kernel map but no probe enforces them yet in this version".to_owned());
-    }
     warnings
 }
 

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::wire::{
-    DeltaSource, HookStatus, Outcome, ProbeFaults, ReloadRecord, StatusReport,
+    DeltaSource, DenialCounts, HookStatus, Outcome, ProbeFaults, ReloadRecord, StatusReport,
 };
 use crate::delta::{Delta, diff};
 use crate::guard;
@@ -191,6 +191,8 @@ impl Reconciler {
             last_reload: None,
             total_map_ops: loader.map_ops(),
             event_drops: 0,
+            // Counted by the event reader; the control socket fills it in.
+            denials: DenialCounts::default(),
             probe_faults: ProbeFaults::default(),
             watching,
         }));
@@ -681,6 +683,7 @@ impl Reconciler {
             last_reload: self.last_reload.clone(),
             total_map_ops: self.loader.map_ops(),
             event_drops: counters.event_drops,
+            denials: DenialCounts::default(),
             probe_faults: ProbeFaults {
                 registry_full: counters.registry_full,
                 mark_failed: counters.mark_failed,

@@ -83,6 +83,10 @@ fn print_human(status: &StatusReport) {
         None => println!("last reload: none"),
     }
     println!("map ops:     {} in total", status.total_map_ops);
+    println!(
+        "denials:     {} syscall, {} egress, {} file (since the daemon started)",
+        status.denials.syscall, status.denials.egress, status.denials.file
+    );
     println!("event drops: {}", status.event_drops);
     println!(
         "watching:    {}",

@@ -25,6 +25,7 @@ use super::peer::{Peer, group_id, peer_pidfd};
 use super::wire::{
     PROTOCOL_VERSION, Request, Response, StatusReport, WireEvent, WireRuleSet, delta_from_wire,
 };
+use crate::events::DenialCounter;
 use crate::loader::kernel::MarkReader;
 use crate::reconcile::Command;
 
@@ -79,6 +80,8 @@ pub struct ServerContext {
     pub marks: MarkReader,
     /// Connections being served now.
     pub connections: AtomicUsize,
+    /// Denials the event reader has counted.
+    pub denials: Arc<DenialCounter>,
 }
 
 /// Counts one served (or refused) connection for as long as it lives.
@@ -397,7 +400,9 @@ async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), Strin
         let response = match request {
             Request::Hello { .. } => error("hello was already done"),
             Request::Status => {
-                Response::Status(Box::new(StatusReport::clone(&context.status.load())))
+                let mut report = StatusReport::clone(&context.status.load());
+                report.denials = context.denials.snapshot();
+                Response::Status(Box::new(report))
             }
             Request::Confine { pid } => match peer_may_act_on(&peer, pidfd.as_ref(), pid) {
                 Err(e) => error(e),

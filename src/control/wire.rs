@@ -120,9 +120,24 @@ pub struct StatusReport {
     pub last_reload: Option<ReloadRecord>,
     pub total_map_ops: u64,
     pub event_drops: u64,
+    /// Denials the probes reported since the daemon started.
+    #[serde(default)]
+    pub denials: DenialCounts,
     /// Failures of the confinement mechanism itself; all must stay 0.
     pub probe_faults: ProbeFaults,
     pub watching: bool,
+}
+
+/// Denials by what was denied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DenialCounts {
+    /// Syscalls (and io_uring requests) not allowed.
+    pub syscall: u64,
+    /// Connects and sends to destinations not allowed, and sockets,
+    /// options or packets the egress allowlist cannot judge.
+    pub egress: u64,
+    /// File accesses the path rules do not allow.
+    pub file: u64,
 }
 
 /// One attached hook.

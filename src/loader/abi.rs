@@ -9,7 +9,7 @@
 use crate::ruleset::SYSCALL_BITMAP_BITS;
 
 /// Part of every pin path: a new layout never reuses an old pin.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// How every pin's file name starts (`AA_PIN_PREFIX` in the probes). Not
 /// a dot: bpffs refuses names with one.
@@ -23,6 +23,7 @@ pub const EVENT_CONNECT: u32 = 2;
 pub const EVENT_EXEC: u32 = 3;
 pub const EVENT_EXIT: u32 = 4;
 pub const EVENT_NET: u32 = 5;
+pub const EVENT_FILE: u32 = 6;
 
 pub const REASON_NOT_ALLOWED: u32 = 0;
 pub const REASON_INTEGRITY: u32 = 1;
@@ -37,6 +38,11 @@ pub const REASON_PIN: u32 = 9;
 pub const REASON_SHARING: u32 = 10;
 pub const REASON_LOADER: u32 = 11;
 pub const REASON_IO_URING_DIRECT: u32 = 12;
+
+/// `aa_event.reason` of an `EVENT_FILE`.
+pub const FILE_DENIED: u32 = 1;
+pub const FILE_NOT_ALLOWED: u32 = 2;
+pub const FILE_UNRESOLVED: u32 = 3;
 
 pub const NET_RAW_SOCKET: u32 = 1;
 pub const NET_PING_SOCKET: u32 = 2;
@@ -72,7 +78,9 @@ pub struct Generation {
     pub egress_restricted: u32,
     pub read_restricted: u32,
     pub write_restricted: u32,
-    pub _pad: u32,
+    /// `ACCESS_*` bits that some deny rule covers (so a path the probe
+    /// cannot resolve is denied for them too).
+    pub path_denies: u32,
     pub syscall_allow: [u64; SYSCALL_WORDS],
     /// The sha256 of the policy text this generation came from (0: unknown).
     pub policy_sha256: [u8; 32],
@@ -172,7 +180,7 @@ pub struct RawEvent {
     pub port: u16,
     pub addr: [u8; 16],
     pub comm: [u8; 16],
-    pub path: [u8; 128],
+    pub path: [u8; MAX_PATH],
     pub reason: u32,
     pub detail: u32,
 }

@@ -402,7 +402,14 @@ impl KernelLoader {
             egress_restricted: u32::from(rules.egress.mode == EgressMode::Allowlist),
             read_restricted: u32::from(rules.paths.read == Restriction::Allowlist),
             write_restricted: u32::from(rules.paths.write == Restriction::Allowlist),
-            _pad: 0,
+            path_denies: rules
+                .paths
+                .rules
+                .iter()
+                .filter(|(_, verdict)| **verdict == Verdict::Deny)
+                .fold(0, |bits, (key, _)| {
+                    bits | u32::from(access_mask(key.access))
+                }),
             syscall_allow: match &rules.syscalls {
                 SyscallRule::Allow(set) => *set.words(),
                 SyscallRule::Unrestricted => [0; abi::SYSCALL_WORDS],
