@@ -1,10 +1,12 @@
 //! Kernel-side costs, measured side by side in one run (root only):
 //!
-//! 1. ns per `getppid()` for a worker process under five setups, in
-//!    interleaved rounds, reporting medians: nothing attached; empty
-//!    programs on the same hooks, sys_enter and sys_exit (the floor); every
-//!    hook attached but the worker not confined; the worker confined and the
-//!    syscall allowed; a seccomp allow-all filter. Targets: unconfined
+//! 1. ns per `getppid()`, and per `open`+`close` of a file the policy lets
+//!    it read (a short and a deep path), for a worker process under five
+//!    setups, in interleaved rounds, reporting medians: nothing attached;
+//!    empty programs on the same hooks, sys_enter and sys_exit (the floor);
+//!    every hook attached but the worker not confined; the worker confined
+//!    and the call allowed (for opens: the path resolved and matched against
+//!    the read allowlist); a seccomp allow-all filter. Targets: unconfined
 //!    within a few ns of the floor; nothing confined = hooks detached =
 //!    baseline.
 //! 2. apply cost of a one-op delta vs a delta replacing 10k egress entries,
@@ -24,11 +26,28 @@ use aa_policyd::loader::kernel::{self, KernelLoader};
 use aa_policyd::loader::process::spawn_confined;
 use aa_policyd::lower::lower;
 use aa_policyd::policy::Policy;
-use aa_policyd::ruleset::{Arch, EgressRule, IpCidr, RuleSet};
+use aa_policyd::ruleset::{
+    Access, Arch, EgressRule, IpCidr, PathPrefix, PathRuleKey, RuleSet, Verdict,
+};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, EbpfLoader};
 
-const ITERATIONS: u64 = 2_000_000;
+/// What a worker times, and how many times.
+#[derive(Clone, Copy)]
+enum Workload<'a> {
+    Getppid,
+    Open(&'a Path),
+}
+
+impl Workload<'_> {
+    fn iterations(self) -> u64 {
+        match self {
+            Workload::Getppid => 2_000_000,
+            Workload::Open(_) => 200_000,
+        }
+    }
+}
+
 const ROUNDS: usize = 31;
 static FLOOR_OBJ: &[u8] = aya::include_bytes_aligned!("../probes/bench_floor.bpf.o");
 
@@ -57,12 +76,50 @@ fn run(pin_dir: &Path) {
     let mut loader = KernelLoader::open(pin_dir).expect("open loader");
     let policy_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default.yaml");
     let policy = Policy::load(&policy_path).expect("default policy");
-    let rules = lower(&policy, Arch::native()).rules;
+    let mut rules = lower(&policy, Arch::native()).rules;
+    // The confined worker is this binary, outside the default read allowlist.
+    let exe = std::env::current_exe().expect("current exe");
+    let exe_dir = exe.parent().expect("the binary's directory");
+    rules.paths.rules.insert(
+        PathRuleKey {
+            access: Access::Read,
+            prefix: PathPrefix::parse(&exe_dir.display().to_string()).expect("absolute path"),
+        },
+        Verdict::Allow,
+    );
     let applied = loader.applied().expect("applied");
     loader
         .apply(&diff(&applied.rules, &rules), None)
         .expect("apply default policy");
-    hot_path(&mut loader);
+    // Under /tmp, which the default policy lets a confined process read.
+    let files = tempfile::tempdir().expect("temp dir");
+    let short = files.path().join("file");
+    let deep_dir = (0..16).fold(files.path().to_owned(), |dir, i| {
+        dir.join(format!("level{i}"))
+    });
+    std::fs::create_dir_all(&deep_dir).expect("mkdir");
+    let deep = deep_dir.join("file");
+    for file in [&short, &deep] {
+        std::fs::write(file, "x").expect("write bench file");
+    }
+    hot_path(&mut loader, "getppid()", Workload::Getppid);
+    hot_path(
+        &mut loader,
+        &format!(
+            "open+close of {} ({} components)",
+            short.display(),
+            short.components().count() - 1
+        ),
+        Workload::Open(&short),
+    );
+    hot_path(
+        &mut loader,
+        &format!(
+            "open+close of a file {} components deep",
+            deep.components().count() - 1
+        ),
+        Workload::Open(&deep),
+    );
     apply_cost(&mut loader, &rules);
 }
 
@@ -89,7 +146,7 @@ const SETUPS: [(Setup, &str); 5] = [
     (Setup::Seccomp, "seccomp allow-all filter"),
 ];
 
-fn hot_path(loader: &mut KernelLoader) {
+fn hot_path(loader: &mut KernelLoader, what: &str, workload: Workload) {
     let btf = Btf::from_sys_fs().expect("kernel BTF");
     let mut floor = EbpfLoader::new()
         .btf(Some(&btf))
@@ -134,13 +191,13 @@ fn hot_path(loader: &mut KernelLoader) {
             }
             let ns = match setup {
                 Setup::GuardConfined => {
-                    let argv = worker_argv(&out, false);
+                    let argv = worker_argv(&out, workload, false);
                     let child = spawn_confined(loader, &argv).expect("spawn confined worker");
                     child.wait().expect("worker");
                     read_ns(&out)
                 }
                 _ => {
-                    let argv = worker_argv(&out, *setup == Setup::Seccomp);
+                    let argv = worker_argv(&out, workload, *setup == Setup::Seccomp);
                     let status = Command::new(&argv[0])
                         .args(&argv[1..])
                         .status()
@@ -157,7 +214,10 @@ fn hot_path(loader: &mut KernelLoader) {
 
     let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
     let floor_ns = medians[1];
-    println!("\nns per getppid(), median of {ROUNDS} interleaved rounds of {ITERATIONS} calls:");
+    println!(
+        "\nns per {what}, median of {ROUNDS} interleaved rounds of {} calls:",
+        workload.iterations()
+    );
     for ((_, name), ns) in SETUPS.iter().zip(&medians) {
         println!(
             "  {name:<44} {ns:7.1} ns   ({:+6.1} ns vs floor, {:.3}x baseline)",
@@ -228,13 +288,17 @@ fn apply_cost(loader: &mut KernelLoader, base: &RuleSet) {
     );
 }
 
-fn worker_argv(out: &Path, seccomp: bool) -> Vec<OsString> {
+fn worker_argv(out: &Path, workload: Workload, seccomp: bool) -> Vec<OsString> {
     let exe = std::env::current_exe().expect("current exe");
     let mut argv = vec![
         exe.into_os_string(),
         "__worker".into(),
-        ITERATIONS.to_string().into(),
+        workload.iterations().to_string().into(),
         out.as_os_str().to_owned(),
+        match workload {
+            Workload::Getppid => OsString::from("-"),
+            Workload::Open(path) => path.as_os_str().to_owned(),
+        },
     ];
     if seccomp {
         argv.push("seccomp".into());
@@ -255,22 +319,34 @@ fn median(samples: &mut [f64]) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// Times `iterations` raw getppid syscalls and writes ns/call to `out`.
+/// Times `iterations` raw getppid syscalls (file `-`) or open+close pairs
+/// of a file, and writes ns per call (per pair) to `out`.
 fn worker(args: &[String]) {
     let iterations: u64 = args[0].parse().expect("iterations");
     let out = &args[1];
-    if args.get(2).map(String::as_str) == Some("seccomp") {
+    let file = std::ffi::CString::new(args[2].as_str()).expect("path");
+    if args.get(3).map(String::as_str) == Some("seccomp") {
         install_allow_all_seccomp();
     }
     pin_to_cpu(1);
+    let call = || {
+        if args[2] == "-" {
+            // SAFETY: getppid has no arguments and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        } else {
+            // SAFETY: a valid path; the descriptor is closed right away.
+            let fd = unsafe { libc::open(file.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            assert!(fd >= 0, "open {}", args[2]);
+            // SAFETY: our own descriptor.
+            unsafe { libc::close(fd) };
+        }
+    };
     for _ in 0..iterations / 10 {
-        // SAFETY: getppid has no arguments and cannot fail.
-        unsafe { libc::syscall(libc::SYS_getppid) };
+        call();
     }
     let start = Instant::now();
     for _ in 0..iterations {
-        // SAFETY: as above.
-        unsafe { libc::syscall(libc::SYS_getppid) };
+        call();
     }
     let ns = start.elapsed().as_nanos() as f64 / iterations as f64;
     std::fs::write(out, format!("{ns}\n")).expect("write result");

@@ -183,27 +183,31 @@ struct aa_resolved {
 	__u32 components;
 };
 
-static __always_inline void resolve(__u64 mount, __u64 dentry, __u64 ns_root, struct aa_resolved *out)
+/* Global functions (here and below) are verified once, not at each call. */
+__noinline int aa_resolve(__u64 mount, __u64 dentry, __u64 ns_root, struct aa_resolved *out)
 {
+	if (!out)
+		return 0;
 	struct aa_walk walk = { .dentry = dentry, .mount = mount, .ns_root = ns_root };
 	out->length = 0;
 	out->components = 0;
 	if (!mount || !dentry) {
 		out->outcome = AA_WALK_FAILED;
-		return;
+		return 0;
 	}
 	bpf_loop(AA_WALK_STEPS, walk_step, &walk, 0);
 	out->outcome = walk.outcome == AA_WALK_RUNNING ? AA_WALK_FAILED : walk.outcome;
 	if (out->outcome != AA_WALK_REACHED && out->outcome != AA_WALK_OTHER_TREE)
-		return;
+		return 0;
 	struct aa_build build = { .depth = walk.depth };
 	bpf_loop(AA_WALK_NAMES, build_step, &build, 0);
 	if (build.failed) {
 		out->outcome = AA_WALK_FAILED;
-		return;
+		return 0;
 	}
 	out->length = build.length;
 	out->components = walk.depth;
+	return 0;
 }
 
 /* The struct mount around a vfsmount. */
@@ -332,10 +336,10 @@ static __always_inline int judged(struct aa_judge *judge, __u32 need)
 
 /* Judges `need` access to the resolved path in scratch; on a denial,
  * reports it and punishes the task. Returns 1 when denied. */
-static __noinline int judge_path(struct aa_judge *judge, struct aa_resolved *resolved, __u32 need)
+__noinline int aa_judge_path(struct aa_judge *judge, struct aa_resolved *resolved, __u32 need)
 {
 	struct aa_file_scratch *scratch = scratch_area();
-	if (!scratch || !judged(judge, need))
+	if (!scratch || !judge || !resolved || !judged(judge, need))
 		return 0;
 	__u32 denied = 0, reason = 0, rule_bytes = 0;
 	__u32 length = resolved->length;
@@ -390,18 +394,18 @@ static __noinline int judge_path(struct aa_judge *judge, struct aa_resolved *res
 /* ---- what each call is judged on ---- */
 
 /* Judges `need` access to the file at (vfsmount, dentry). */
-static __noinline int judge_file_path(struct aa_judge *judge, __u64 vfsmount, __u64 dentry, __u32 need)
+__noinline int aa_judge_file_path(struct aa_judge *judge, __u64 vfsmount, __u64 dentry, __u32 need)
 {
-	if (!judged(judge, need))
+	if (!judge || !judged(judge, need))
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u64 ns_root = namespace_root(task);
 	__u64 mount = mount_of((struct vfsmount *)vfsmount);
 	struct aa_resolved resolved = {};
-	resolve(mount, dentry, ns_root, &resolved);
+	aa_resolve(mount, dentry, ns_root, &resolved);
 	if (resolved.outcome == AA_WALK_NOT_A_PATH)
 		return 0;
-	if (judge_path(judge, &resolved, need))
+	if (aa_judge_path(judge, &resolved, need))
 		return 1;
 	/* A mount of a subdirectory (a bind mount) shows the file under another
 	 * name: judge it by its path through the file system's own mount in
@@ -415,8 +419,8 @@ static __noinline int judge_file_path(struct aa_judge *judge, __u64 vfsmount, __
 	for (int i = 0; i < AA_SAME_FS_MOUNTS && other; i++) {
 		if ((__u64)BPF_CORE_READ(other, mnt.mnt_root) == fs_root &&
 		    (__u64)BPF_CORE_READ(other, mnt_ns) == ns) {
-			resolve((__u64)other, dentry, ns_root, &resolved);
-			return judge_path(judge, &resolved, need);
+			aa_resolve((__u64)other, dentry, ns_root, &resolved);
+			return aa_judge_path(judge, &resolved, need);
 		}
 		other = BPF_CORE_READ(other, mnt_next_for_sb);
 	}
@@ -427,23 +431,23 @@ static __always_inline int judge_file(struct aa_judge *judge, struct file *file,
 {
 	if (!file)
 		return 0;
-	return judge_file_path(judge, (__u64)BPF_CORE_READ(file, f_path.mnt),
+	return aa_judge_file_path(judge, (__u64)BPF_CORE_READ(file, f_path.mnt),
 			       (__u64)BPF_CORE_READ(file, f_path.dentry), need);
 }
 
 /* Judges `need` access to `name` (user memory), relative to directory
  * descriptor `dirfd` (or the cwd, or the root for an absolute name). With
  * AT_EMPTY_PATH in `flags` and an empty name, the descriptor's own file. */
-static __noinline int judge_name(struct aa_judge *judge, long dirfd, __u64 name, __u32 flags, __u32 need)
+__noinline int aa_judge_name(struct aa_judge *judge, long dirfd, __u64 name, __u32 flags, __u32 need)
 {
 	struct aa_file_scratch *scratch = scratch_area();
-	if (!scratch || !judged(judge, need))
+	if (!scratch || !judge || !judged(judge, need))
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct aa_resolved resolved = { .outcome = AA_WALK_FAILED };
 	long read = bpf_probe_read_user_str(scratch->name, AA_PATH_BUFFER, (const void *)name);
 	if (read <= 0)
-		return judge_path(judge, &resolved, need);
+		return aa_judge_path(judge, &resolved, need);
 	if (read == 1) {
 		if (!(flags & AA_AT_EMPTY_PATH))
 			return 0; /* an empty name fails with ENOENT */
@@ -459,11 +463,11 @@ static __noinline int judge_name(struct aa_judge *judge, long dirfd, __u64 name,
 	} else {
 		struct file *dir = aa_fd_file(task, (int)dirfd);
 		if (!dir)
-			return judge_path(judge, &resolved, need);
+			return aa_judge_path(judge, &resolved, need);
 		base_mnt = (__u64)BPF_CORE_READ(dir, f_path.mnt);
 		base_dentry = (__u64)BPF_CORE_READ(dir, f_path.dentry);
 	}
-	resolve(mount_of((struct vfsmount *)base_mnt), base_dentry, namespace_root(task), &resolved);
+	aa_resolve(mount_of((struct vfsmount *)base_mnt), base_dentry, namespace_root(task), &resolved);
 	if (resolved.outcome == AA_WALK_REACHED || resolved.outcome == AA_WALK_OTHER_TREE) {
 		struct aa_join join = {
 			.name_length = read - 1,
@@ -477,7 +481,7 @@ static __noinline int judge_name(struct aa_judge *judge, long dirfd, __u64 name,
 	} else {
 		resolved.outcome = AA_WALK_FAILED;
 	}
-	return judge_path(judge, &resolved, need);
+	return aa_judge_path(judge, &resolved, need);
 }
 
 /* The access an open asked for: the new file's mode, and O_CREAT, O_TRUNC
@@ -613,47 +617,47 @@ static __always_inline void check_names(struct aa_judge *judge, struct pt_regs *
 	case AA_NR_CHMOD:
 	case AA_NR_CHOWN:
 	case AA_NR_LCHOWN:
-		judge_name(judge, AA_AT_FDCWD, regs->di, 0, write);
+		aa_judge_name(judge, AA_AT_FDCWD, regs->di, 0, write);
 		break;
 	case AA_NR_UNLINKAT:
 	case AA_NR_MKDIRAT:
 	case AA_NR_MKNODAT:
 	case AA_NR_FCHMODAT:
-		judge_name(judge, (int)regs->di, regs->si, 0, write);
+		aa_judge_name(judge, (int)regs->di, regs->si, 0, write);
 		break;
 	case AA_NR_FCHMODAT2:
-		judge_name(judge, (int)regs->di, regs->si, (int)regs->r10, write);
+		aa_judge_name(judge, (int)regs->di, regs->si, (int)regs->r10, write);
 		break;
 	case AA_NR_FCHOWNAT:
-		judge_name(judge, (int)regs->di, regs->si, (int)regs->r8, write);
+		aa_judge_name(judge, (int)regs->di, regs->si, (int)regs->r8, write);
 		break;
 	case AA_NR_FCHMOD:
 	case AA_NR_FCHOWN:
 		judge_file(judge, aa_fd_file(task, (int)regs->di), write);
 		break;
 	case AA_NR_SYMLINK:
-		judge_name(judge, AA_AT_FDCWD, regs->si, 0, write);
+		aa_judge_name(judge, AA_AT_FDCWD, regs->si, 0, write);
 		break;
 	case AA_NR_SYMLINKAT:
-		judge_name(judge, (int)regs->si, regs->dx, 0, write);
+		aa_judge_name(judge, (int)regs->si, regs->dx, 0, write);
 		break;
 	case AA_NR_RENAME:
 	case AA_NR_LINK:
-		if (!judge_name(judge, AA_AT_FDCWD, regs->di, 0, both))
-			judge_name(judge, AA_AT_FDCWD, regs->si, 0, write);
+		if (!aa_judge_name(judge, AA_AT_FDCWD, regs->di, 0, both))
+			aa_judge_name(judge, AA_AT_FDCWD, regs->si, 0, write);
 		break;
 	case AA_NR_RENAMEAT:
-		if (!judge_name(judge, (int)regs->di, regs->si, 0, both))
-			judge_name(judge, (int)regs->dx, regs->r10, 0, write);
+		if (!aa_judge_name(judge, (int)regs->di, regs->si, 0, both))
+			aa_judge_name(judge, (int)regs->dx, regs->r10, 0, write);
 		break;
 	case AA_NR_RENAMEAT2:
-		if (!judge_name(judge, (int)regs->di, regs->si, 0, both))
-			judge_name(judge, (int)regs->dx, regs->r10, 0,
+		if (!aa_judge_name(judge, (int)regs->di, regs->si, 0, both))
+			aa_judge_name(judge, (int)regs->dx, regs->r10, 0,
 				   (int)regs->r8 & AA_RENAME_EXCHANGE ? both : write);
 		break;
 	case AA_NR_LINKAT:
-		if (!judge_name(judge, (int)regs->di, regs->si, (int)regs->r8, both))
-			judge_name(judge, (int)regs->dx, regs->r10, 0, write);
+		if (!aa_judge_name(judge, (int)regs->di, regs->si, (int)regs->r8, both))
+			aa_judge_name(judge, (int)regs->dx, regs->r10, 0, write);
 		break;
 	}
 }

@@ -355,10 +355,43 @@ fn warnings_for(rules: &RuleSet, arch: Arch) -> Vec<String> {
             }
         }
     }
+    warnings.extend(movable_denies(&rules.paths));
     if rules.egress.mode == EgressMode::Allowlist && rules.egress.rules.is_empty() {
         warnings.push("network.allowlist has no IP address or network: confined processes can connect nowhere (host names need the L7 gateway)".to_owned());
     }
     warnings
+}
+
+/// Deny rules a confined process may move out from under themselves: rules
+/// are paths, so renaming a writable parent directory takes what is below
+/// it to a name no rule covers.
+fn movable_denies(paths: &PathRules) -> Vec<String> {
+    let write_allowed: BTreeSet<PathPrefix> = paths
+        .rules
+        .iter()
+        .filter(|(key, verdict)| key.access == Access::Write && **verdict == Verdict::Allow)
+        .map(|(key, _)| key.prefix.clone())
+        .collect();
+    let denied: BTreeSet<&PathPrefix> = paths
+        .rules
+        .iter()
+        .filter(|(_, verdict)| **verdict == Verdict::Deny)
+        .map(|(key, _)| &key.prefix)
+        .collect();
+    denied
+        .into_iter()
+        .filter_map(|prefix| {
+            let parent = prefix.ancestors().next().filter(|p| *p != "/")?;
+            let writable = match paths.write {
+                Restriction::Unrestricted => Some("write is unrestricted".to_owned()),
+                Restriction::Allowlist => covering(&PathPrefix::parse(parent).ok()?, &write_allowed)
+                    .map(|by| format!("it lies inside the write-allowed {by}")),
+            }?;
+            Some(format!(
+                "filesystem.deny {prefix}: {writable}, so renaming a parent directory moves it out from under the rule (rules are paths); deny writes to its parent too"
+            ))
+        })
+        .collect()
 }
 
 /// Counts for the human summary and `status`.

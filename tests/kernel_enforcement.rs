@@ -398,13 +398,20 @@ fn a_thousand_reloads_never_kill_a_process_using_a_syscall_both_generations_allo
         "network: {allowlist: ['10.1.0.0/16:443', '[2001:db8::]/32', '127.0.0.0/8', '::1']}\n",
     )
     .egress;
+    // Path rules: `base` reads only from an allowlist that covers /tmp,
+    // `other` reads anywhere but /srv/a and /srv/b. An open judged by
+    // base's restriction and other's entries (a mix) would be killed.
     other.paths = rules_from_yaml("filesystem: {deny: [/srv/a, /srv/b]}\n").paths;
+    assert_eq!(base.paths.read, aa_policyd::ruleset::Restriction::Allowlist);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("read-me");
+    std::fs::write(&file, "x").expect("write");
     t.apply_rules(&base).expect("apply base");
-    let child = t.spawn(&[
-        "python3",
-        "-c",
-        "import os, time\nend = time.time() + 60\nwhile time.time() < end: os.getppid()\n",
-    ]);
+    let script = format!(
+        "import os, time\nend = time.time() + 60\nwhile time.time() < end:\n    os.getppid()\n    os.close(os.open({:?}, os.O_RDONLY))\n",
+        file.display().to_string()
+    );
+    let child = t.spawn(&["python3", "-c", &script]);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         t.loader().is_task_marked(child.pid()).expect("lookup"),

@@ -333,8 +333,36 @@ pub fn insert_stale_registry_entry(pin_dir: &Path, pid: u32) {
         .expect("insert");
 }
 
-/// The shipped default policy's text.
+/// The shipped default policy's text, with read access added for what the
+/// tests themselves run from outside its allowlist: this source tree (the
+/// cwd, and helpers built under `target/`) and the python3 on PATH (a
+/// pyenv install lives under the home directory).
 pub fn default_policy_text() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default.yaml"))
-        .expect("read default policy")
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default.yaml"),
+    )
+    .expect("read default policy");
+    let mut extra = vec![env!("CARGO_MANIFEST_DIR").to_owned()];
+    extra.extend(python_prefix());
+    let list_end = "/workspace, /home]";
+    assert!(
+        text.contains(list_end),
+        "the default read allowlist ends with {list_end}"
+    );
+    text.replacen(
+        list_end,
+        &format!("/workspace, /home, {}]", extra.join(", ")),
+        1,
+    )
+}
+
+/// The installation prefix of the python3 on PATH (`<prefix>/bin/python3`,
+/// or pyenv's `<root>/shims/python3`).
+fn python_prefix() -> Option<String> {
+    let path = std::env::var_os("PATH")?;
+    let python = std::env::split_paths(&path)
+        .map(|dir| dir.join("python3"))
+        .find(|candidate| candidate.is_file())?;
+    let real = std::fs::canonicalize(python).ok()?;
+    Some(real.parent()?.parent()?.display().to_string())
 }
