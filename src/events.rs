@@ -742,4 +742,58 @@ mod tests {
             "an unknown reason is not guessed"
         );
     }
+
+    /// A file event as the probe writes it: `path`, and in `detail` the
+    /// denied access bits plus the deciding key's length in bytes.
+    fn raw_file(path: &str, reason: u32, access: u32, rule_bytes: u32) -> Vec<u8> {
+        let mut bytes = raw(abi::EVENT_FILE, 257, reason, access | rule_bytes << 8);
+        let offset = std::mem::offset_of!(RawEvent, path);
+        bytes[offset..offset + path.len()].copy_from_slice(path.as_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_file_denial_names_the_path_the_access_and_the_rule_that_decided() {
+        // Key "/etc/shadow\0" (12 bytes): the rule on /etc/shadow itself.
+        let exact =
+            Event::decode(&raw_file("/etc/shadow", abi::FILE_DENIED, 1, 12)).expect("decodes");
+        assert_eq!(
+            exact.to_string(),
+            "pid 7 (agent) denied read of /etc/shadow (openat), denied by the filesystem.deny rule /etc/shadow: killed"
+        );
+        // Key "/srv/" (5 bytes): the rule on /srv, covering what is below.
+        let below =
+            Event::decode(&raw_file("/srv/app/x", abi::FILE_DENIED, 3, 5)).expect("decodes");
+        assert_eq!(
+            below.kind,
+            EventKind::DeniedFile {
+                number: 257,
+                name: Some("openat"),
+                path: "/srv/app/x".into(),
+                access: AccessBits(3),
+                denial: FileDenial::DeniedBy {
+                    rule: "/srv".into()
+                },
+            }
+        );
+        assert!(
+            below
+                .to_string()
+                .contains("denied read+write of /srv/app/x")
+        );
+        // Key "/" (1 byte): a rule on the root.
+        let root = Event::decode(&raw_file("/x", abi::FILE_DENIED, 2, 1)).expect("decodes");
+        assert!(
+            root.to_string().contains("filesystem.deny rule /:"),
+            "{root}"
+        );
+        let outside = Event::decode(&raw_file("/x", abi::FILE_NOT_ALLOWED, 2, 0)).expect("decodes");
+        assert!(
+            outside
+                .to_string()
+                .contains("denied write of /x (openat), no prefix of its allowlist covers it")
+        );
+        assert_eq!(outside.kind_name(), "denied_file");
+        assert!(Event::decode(&raw_file("/x", 9, 2, 0)).is_none());
+    }
 }

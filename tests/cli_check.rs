@@ -487,3 +487,34 @@ fn a_reader_that_stops_early_does_not_make_check_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn check_warns_about_deny_rules_a_rename_can_move_and_about_io_uring() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "syscalls: {allow: [read, io_uring_setup]}\nfilesystem:\n  write: {allow: [/srv]}\n  deny: [/srv/app/secrets, /etc/shadow]\n",
+    )
+    .expect("write policy");
+    let out = check(&policy, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: filesystem.deny /srv/app/secrets: it lies inside the write-allowed /srv, so renaming a parent directory moves it out from under the rule"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("filesystem.deny /etc/shadow"),
+        "/etc is not writable: {stdout}"
+    );
+    assert!(
+        stdout.contains("syscalls.allow permits io_uring_setup"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("no probe enforces"), "{stdout}");
+    // The shipped default keeps its deny rules outside its writable trees.
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default.yaml");
+    let stdout = String::from_utf8_lossy(&check(&default, &[]).stdout).into_owned();
+    assert!(!stdout.contains("warning"), "{stdout}");
+}

@@ -130,6 +130,7 @@ i=0
 while :; do
     dump
     if grep -q '"AA_EVENT":"denied_syscall"' "$T/journal.json" \
+        && grep -q '"AA_EVENT":"denied_file"' "$T/journal.json" \
         && grep -q '"TRIGGER":"file-change"' "$T/journal.json"; then
         break
     fi
@@ -164,9 +165,10 @@ fn missing_tools() -> Option<String> {
 }
 
 /// A policy without `write` (and its vectored and positional forms), so a
-/// confined `sh -c 'echo hi'` is killed on its first `write`. `extra` is one
-/// more syscall, so two versions differ by exactly one rule.
-fn policy(extra: &str) -> String {
+/// confined `sh -c 'echo hi'` is killed on its first `write`, and with
+/// `denied` denied, so a `cat` of a file in it is killed at its open.
+/// `extra` is one more syscall, so two versions differ by exactly one rule.
+fn policy(extra: &str, denied: &Path) -> String {
     format!(
         "apiVersion: agent-assembly.dev/v1
 kind: Policy
@@ -177,7 +179,10 @@ spec:
             \"@process\", \"@signal\", \"@timer\", \"@credentials\", \"@resources\",
             read, readv, pread64, close, close_range, dup, dup2, dup3, lseek, ioctl,
             sysinfo, umask, setpgid, setsid, getcpu{extra}]
-"
+  filesystem:
+    deny: [{}]
+",
+        denied.display()
     )
 }
 
@@ -356,7 +361,10 @@ fn reloads_and_deny_events_reach_journald_as_structured_fields() {
     std::fs::create_dir(&etc).expect("mkdir etc");
     let policy_path = etc.join("policy.yaml");
     let socket = scenario.path("policyd.sock");
-    let (first, second) = (policy(""), policy(", kcmp"));
+    let denied = scenario.path("denied");
+    std::fs::create_dir(&denied).expect("mkdir denied");
+    std::fs::write(denied.join("secret"), "secret\n").expect("write secret");
+    let (first, second) = (policy("", &denied), policy(", kcmp", &denied));
     std::fs::write(&policy_path, &first).expect("write policy");
     std::fs::write(scenario.path("journald-test.sh"), SCRIPT).expect("write script");
     let log = std::fs::File::create(scenario.path("script.log")).expect("script log");
@@ -439,7 +447,19 @@ fn reloads_and_deny_events_reach_journald_as_structured_fields() {
         String::from_utf8_lossy(&exec.stderr)
     );
 
-    // 4. The script dumps the journal and stops everything.
+    // 4. One file denial: `cat` of a file under the denied directory.
+    let secret = denied.join("secret").display().to_string();
+    let exec = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+        .args(["exec", "--socket"])
+        .arg(&socket)
+        .args(["--", "cat", &secret])
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run aa-policyd exec");
+    assert_eq!(exec.status.code(), Some(137), "cat is killed at its open");
+
+    // 5. The script dumps the journal and stops everything.
     std::fs::write(scenario.path("done"), "").expect("signal done");
     let exit = scenario.wait_script(Duration::from_secs(60));
     assert!(
@@ -573,4 +593,23 @@ fn reloads_and_deny_events_reach_journald_as_structured_fields() {
             && m.ends_with("killed")),
         "{event:?}"
     );
+
+    // The file denial, with the path, the access and the deciding rule.
+    let event = ours
+        .iter()
+        .find(|e| field(e, "AA_EVENT") == Some("denied_file"))
+        .unwrap_or_else(|| panic!("no AA_EVENT=denied_file entry\n{}", context()));
+    assert_eq!(field(event, "COMM"), Some("cat"), "{event:?}");
+    assert_eq!(field(event, "PATH"), Some(secret.as_str()), "{event:?}");
+    assert_eq!(field(event, "ACCESS"), Some("read"), "{event:?}");
+    assert_eq!(field(event, "SYSCALL"), Some("openat"), "{event:?}");
+    assert_eq!(
+        field(event, "REASON").map(str::to_owned),
+        Some(format!(
+            "denied by the filesystem.deny rule {}",
+            denied.display()
+        )),
+        "{event:?}"
+    );
+    assert_eq!(field(event, "PRIORITY"), Some("4"), "warning: {event:?}");
 }
