@@ -56,6 +56,7 @@ struct super_block {
 } AA_CORE;
 
 struct inode {
+	unsigned short i_mode; /* S_IFMT bits: the file type */
 	struct super_block *i_sb;
 	void *i_private;
 } AA_CORE;
@@ -130,6 +131,11 @@ struct signal_struct {
 struct mm_struct {
 	struct task_struct *owner; /* CONFIG_MEMCG: the thread-group leader using it */
 	struct file *exe_file;     /* the executable it runs */
+	unsigned long saved_auxv[56]; /* the auxiliary vector given at exec */
+} AA_CORE;
+
+struct vm_area_struct {
+	struct file *vm_file;
 } AA_CORE;
 
 struct hlist_node {

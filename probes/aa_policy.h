@@ -59,6 +59,8 @@
 #define AA_FILE_DENIED 1      /* a filesystem.deny rule covers the path */
 #define AA_FILE_NOT_ALLOWED 2 /* no prefix of the access's allowlist covers it */
 #define AA_FILE_UNRESOLVED 3  /* the path could not be resolved in full: judged denied */
+#define AA_FILE_DEVICE 4      /* a block device opened, or a device node made, under path rules */
+#define AA_FILE_CHANGED 5     /* its name (or openat2's flags) changed while the kernel used it */
 
 /* aa_event.reason for AA_EVENT_NET. */
 #define AA_NET_RAW_SOCKET 1     /* detail: type << 16 | protocol */
@@ -372,6 +374,26 @@ struct {
 	__type(value, __u32);
 } SOCKET_MARK SEC(".maps");
 
+/* NAME_CHECK: for a confined task in a call the file probe judges by bytes
+ * it reads from the task's memory (names, openat2's flags), a hash of
+ * those bytes as the syscall guard read them at entry. The file probe
+ * reads them again at exit: another thread may have changed them after
+ * the kernel read them, and a difference means the call is judged denied.
+ * `seq` is the task mark's `guarded` count at entry, so an entry is only
+ * ever compared at the exit of the call that wrote it. */
+struct aa_name_check {
+	__u64 hash;
+	__u64 seq;
+	__s64 nr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct aa_name_check);
+} NAME_CHECK SEC(".maps");
+
 /* PATH_SCRATCH[cpu]: room for one path read from memory (the BPF stack
  * has 512 bytes). Private to each object: not pinned. */
 struct {
@@ -645,6 +667,110 @@ __attribute__((noinline)) int aa_names_pin(__u64 path, int kernel)
 		if (buffer[(start + i) & (AA_PATH_BUFFER - 1)] != prefix[i])
 			return 0;
 	return 1;
+}
+
+/* The arguments of syscall `nr` in the task's memory that the file probe
+ * judges by their bytes: 1 with up to two names (`first`, `second`), 2 for
+ * openat2's open_how (its flags), 0 for none. */
+#define AA_ARGS_NAMES 1
+#define AA_ARGS_OPEN_HOW 2
+static __always_inline int aa_user_args(long nr, struct pt_regs *regs, __u64 *first, __u64 *second)
+{
+	*first = 0;
+	*second = 0;
+	switch (nr) {
+	case AA_NR_UNLINK:
+	case AA_NR_RMDIR:
+	case AA_NR_MKDIR:
+	case AA_NR_MKNOD:
+	case AA_NR_TRUNCATE:
+	case AA_NR_CHMOD:
+	case AA_NR_CHOWN:
+	case AA_NR_LCHOWN:
+		*first = regs->di;
+		return AA_ARGS_NAMES;
+	case AA_NR_UNLINKAT:
+	case AA_NR_MKDIRAT:
+	case AA_NR_MKNODAT:
+	case AA_NR_FCHMODAT:
+	case AA_NR_FCHMODAT2:
+	case AA_NR_FCHOWNAT:
+	case AA_NR_SYMLINK:
+		*first = regs->si;
+		return AA_ARGS_NAMES;
+	case AA_NR_SYMLINKAT:
+		*first = regs->dx;
+		return AA_ARGS_NAMES;
+	case AA_NR_RENAME:
+	case AA_NR_LINK:
+		*first = regs->di;
+		*second = regs->si;
+		return AA_ARGS_NAMES;
+	case AA_NR_RENAMEAT:
+	case AA_NR_RENAMEAT2:
+	case AA_NR_LINKAT:
+		*first = regs->si;
+		*second = regs->r10;
+		return AA_ARGS_NAMES;
+	case AA_NR_OPENAT2:
+		*first = regs->dx;
+		return AA_ARGS_OPEN_HOW;
+	}
+	return 0;
+}
+
+#define AA_FNV_OFFSET 0xcbf29ce484222325ULL
+#define AA_FNV_PRIME 0x100000001b3ULL
+
+struct aa_hash_state {
+	__u64 hash;
+	__u32 length;
+};
+
+static long aa_hash_step(__u64 index, void *ctx)
+{
+	struct aa_hash_state *state = ctx;
+	__u32 zero = 0;
+	char *buffer = bpf_map_lookup_elem(&PATH_SCRATCH, &zero);
+	if (!buffer || index >= state->length)
+		return 1;
+	state->hash = (state->hash ^ (__u8)buffer[index & (AA_PATH_BUFFER - 1)]) * AA_FNV_PRIME;
+	return 0;
+}
+
+/* FNV-1a of the bytes aa_user_args names, into *hash. A global function:
+ * verified once. */
+__attribute__((noinline)) int aa_hash_user_args(__u64 first, __u64 second, int kind, __u64 *hash)
+{
+	__u32 zero = 0;
+	char *buffer = bpf_map_lookup_elem(&PATH_SCRATCH, &zero);
+	if (!hash || !buffer)
+		return 0;
+	struct aa_hash_state state = { .hash = AA_FNV_OFFSET };
+	if (kind == AA_ARGS_OPEN_HOW) {
+		__u64 flags = 0;
+		if (bpf_probe_read_user(&flags, sizeof(flags), (const void *)first))
+			flags = ~0ULL;
+		*hash = (state.hash ^ flags) * AA_FNV_PRIME;
+		return 0;
+	}
+	for (int i = 0; i < 2; i++) {
+		__u64 name = i == 0 ? first : second;
+		if (!name)
+			break;
+		long length = bpf_probe_read_user_str(buffer, AA_PATH_BUFFER, (const void *)name);
+		state.length = length > 0 ? length : 0;
+		bpf_loop(AA_PATH_BUFFER, aa_hash_step, &state, 0);
+		state.hash = (state.hash ^ (__u64)length) * AA_FNV_PRIME;
+	}
+	*hash = state.hash;
+	return 0;
+}
+
+/* Whether a generation has any path rule. */
+static __always_inline int aa_has_path_rules(struct aa_generation *gen)
+{
+	return gen->read_restricted || gen->write_restricted || gen->path_denies;
 }
 
 /* Whether an unlink or rename (syscall `nr` with arguments `regs`) names

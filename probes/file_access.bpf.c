@@ -57,29 +57,50 @@
 #define AA_RENAME_EXCHANGE 2
 #define AA_MNT_NS_INTERNAL ((__u64)-22) /* ERR_PTR(-EINVAL): the kernel's own mounts */
 
-#define AA_WALK_NAMES 512                 /* components a walk remembers */
-#define AA_WALK_STEPS (AA_WALK_NAMES + 64) /* plus mount crossings */
-#define AA_JOIN_COMPONENTS 2048           /* components a joined path may have */
+#define AA_WALK_NAMES 512     /* components a walk remembers: the topmost ones */
+#define AA_WALK_DEPTH 8192    /* components a walk follows */
+#define AA_WALK_STEPS (AA_WALK_DEPTH + 64) /* plus mount crossings */
+#define AA_JOIN_COMPONENTS 2048 /* components a joined path keeps in the buffer */
+#define AA_KEPT_BYTES (AA_PATH_BUFFER - AA_NAME_MAX - 2) /* path bytes kept; the rest is hidden */
 #define AA_PATH_MASK (AA_PATH_BUFFER - 1)
 #define AA_NAME_MAX 255
 #define AA_MATCH_STEPS 160 /* a 256-byte key has at most 129 matching prefixes */
-#define AA_SAME_FS_MOUNTS 64
+#define AA_SAME_FS_MOUNTS 4096 /* mounts of one file system looked through */
+#define AA_S_IFMT 0170000
+#define AA_S_IFCHR 0020000
+#define AA_S_IFBLK 0060000
+#define AA_AT_BASE 7 /* auxv: where the ELF interpreter is loaded */
 
-/* How a walk up from a file ended. */
+/* How a walk up from a file ended. Paths are compared by their first 255
+ * bytes (a rule holds no more), so a deep path is kept from the root for
+ * the first 4 KiB or 512 components, and what lies below is only counted
+ * ("hidden"): `..` in a joined name climbs out of the hidden part first. */
 #define AA_WALK_RUNNING 0
 #define AA_WALK_REACHED 1    /* at the root of the task's mount namespace */
 #define AA_WALK_OTHER_TREE 2 /* at the root of another tree (detached, another namespace) */
 #define AA_WALK_NOT_A_PATH 3 /* in a kernel-internal mount: a pipe, socket, memfd, anon inode */
 #define AA_WALK_FAILED 4     /* too deep, too long, or unreadable */
 
+struct aa_join {
+	__u32 name_length;
+	__u32 length;     /* of the path so far */
+	__u32 components; /* in the path so far */
+	__u32 hidden;     /* below what the buffer keeps */
+	__u32 component;  /* length of the component being read */
+	__u32 failed;
+};
+
 /* FILE_SCRATCH[cpu]: one path being resolved (the BPF stack has 512
  * bytes). `prefixlen` and `path` together are an aa_path_key. */
 struct aa_file_scratch {
-	__u64 names[AA_WALK_NAMES];         /* d_name pointers, the file's first */
+	__u64 names[AA_WALK_NAMES];         /* d_name pointers, a ring: the last are the topmost */
 	__u16 starts[AA_JOIN_COMPONENTS];   /* offset of each component's '/' in path */
 	__u32 prefixlen;
 	char path[AA_PATH_BUFFER + 512];    /* the path so far, no trailing '/'; "" is the root */
 	char name[AA_PATH_BUFFER + 512];    /* a non-fd call's name, from user memory */
+	/* The join's state lives here, not on the stack: the verifier then
+	 * checks join_step once instead of following each count's values. */
+	struct aa_join join;
 };
 
 struct {
@@ -132,7 +153,7 @@ static long walk_step(__u64 index, void *ctx)
 			walk->outcome = AA_WALK_OTHER_TREE;
 		return 1;
 	}
-	if (walk->depth >= AA_WALK_NAMES) {
+	if (walk->depth >= AA_WALK_DEPTH) {
 		walk->outcome = AA_WALK_FAILED;
 		return 1;
 	}
@@ -145,6 +166,7 @@ static long walk_step(__u64 index, void *ctx)
 struct aa_build {
 	__u32 depth;
 	__u32 length;
+	__u32 built; /* components in the buffer */
 	__u32 failed;
 };
 
@@ -153,16 +175,14 @@ static long build_step(__u64 index, void *ctx)
 {
 	struct aa_build *build = ctx;
 	struct aa_file_scratch *scratch = scratch_area();
-	if (!scratch || index >= build->depth || index >= AA_JOIN_COMPONENTS) {
-		if (index < build->depth)
-			build->failed = 1;
-		return 1;
-	}
-	__u32 at = build->length;
-	if (at >= AA_PATH_BUFFER - 1) {
+	if (!scratch) {
 		build->failed = 1;
 		return 1;
 	}
+	__u32 at = build->length;
+	/* The ring holds the topmost AA_WALK_NAMES names; deeper ones are hidden. */
+	if (index >= build->depth || index >= AA_WALK_NAMES || at >= AA_KEPT_BYTES)
+		return 1;
 	scratch->starts[index & (AA_JOIN_COMPONENTS - 1)] = at;
 	scratch->path[at & AA_PATH_MASK] = '/';
 	__u32 name = (build->depth - 1 - index) & (AA_WALK_NAMES - 1);
@@ -173,14 +193,17 @@ static long build_step(__u64 index, void *ctx)
 		return 1;
 	}
 	build->length = at + copied; /* '/' + name, without the NUL */
+	build->built = index + 1;
 	return 0;
 }
 
-/* A resolved path: scratch->path[0..length) with `components` components. */
+/* A resolved path: scratch->path[0..length) with `components` components,
+ * and `hidden` more below what the buffer keeps. */
 struct aa_resolved {
 	__u32 outcome;
 	__u32 length;
 	__u32 components;
+	__u32 hidden;
 };
 
 /* Global functions (here and below) are verified once, not at each call. */
@@ -191,6 +214,7 @@ __noinline int aa_resolve(__u64 mount, __u64 dentry, __u64 ns_root, struct aa_re
 	struct aa_walk walk = { .dentry = dentry, .mount = mount, .ns_root = ns_root };
 	out->length = 0;
 	out->components = 0;
+	out->hidden = 0;
 	if (!mount || !dentry) {
 		out->outcome = AA_WALK_FAILED;
 		return 0;
@@ -206,7 +230,8 @@ __noinline int aa_resolve(__u64 mount, __u64 dentry, __u64 ns_root, struct aa_re
 		return 0;
 	}
 	out->length = build.length;
-	out->components = walk.depth;
+	out->components = build.built;
+	out->hidden = walk.depth - build.built;
 	return 0;
 }
 
@@ -223,22 +248,17 @@ static __always_inline __u64 namespace_root(struct task_struct *task)
 
 /* ---- joining a non-fd call's name to its directory ---- */
 
-struct aa_join {
-	__u32 name_length;
-	__u32 length;     /* of the path so far */
-	__u32 components; /* in the path so far */
-	__u32 component;  /* length of the component being read */
-	__u32 failed;
-};
 
 /* Reads character `index` of the name; at the end (and at each '/') the
  * component before it is applied: `.` and empty ones are dropped, `..`
  * removes the last component, any other is appended. */
 static long join_step(__u64 index, void *ctx)
 {
-	struct aa_join *join = ctx;
 	struct aa_file_scratch *scratch = scratch_area();
-	if (!scratch || index > join->name_length || index >= AA_PATH_BUFFER) {
+	if (!scratch)
+		return 1;
+	struct aa_join *join = &scratch->join;
+	if (index > join->name_length || index >= AA_PATH_BUFFER) {
 		if (index <= join->name_length)
 			join->failed = 1;
 		return 1;
@@ -260,16 +280,19 @@ static long join_step(__u64 index, void *ctx)
 	if (n == 1 && first == '.')
 		return 0;
 	if (n == 2 && first == '.' && scratch->name[(start + 1) & AA_PATH_MASK] == '.') {
-		if (join->components > 0) {
+		if (join->hidden > 0) {
+			join->hidden--;
+		} else if (join->components > 0) {
 			join->components--;
 			join->length = scratch->starts[join->components & (AA_JOIN_COMPONENTS - 1)];
 		}
 		return 0;
 	}
 	__u32 at = join->length;
-	if (at + 1 + n >= AA_PATH_BUFFER || join->components >= AA_JOIN_COMPONENTS) {
-		join->failed = 1;
-		return 1;
+	if (join->hidden > 0 || at + 1 + n >= AA_KEPT_BYTES ||
+	    join->components >= AA_JOIN_COMPONENTS) {
+		join->hidden++;
+		return 0;
 	}
 	scratch->starts[join->components & (AA_JOIN_COMPONENTS - 1)] = at;
 	join->components++;
@@ -278,6 +301,99 @@ static long join_step(__u64 index, void *ctx)
 			      &scratch->name[start & AA_PATH_MASK]);
 	join->length = at + 1 + n;
 	return 0;
+}
+
+/* ---- names the kernel follows into a descriptor ---- */
+
+#define AA_LINK_NONE -1  /* not a descriptor's name */
+#define AA_LINK_OTHER -2 /* another process's descriptor: cannot be judged */
+
+/* Whether the path in scratch continues at `at` with `text`. */
+static __always_inline int path_has(struct aa_file_scratch *scratch, __u32 length, __u32 at,
+				    const char *text, __u32 text_length)
+{
+	if (at + text_length > length)
+		return 0;
+	for (__u32 i = 0; i < text_length && i < 24; i++)
+		if (scratch->path[(at + i) & AA_PATH_MASK] != text[i])
+			return 0;
+	return 1;
+}
+
+/* The decimal number at `*at` in the path (advancing `*at`), or -1. */
+static __always_inline long path_number(struct aa_file_scratch *scratch, __u32 length, __u32 *at)
+{
+	long number = -1;
+	for (int i = 0; i < 10 && *at < length; i++) {
+		char c = scratch->path[*at & AA_PATH_MASK];
+		if (c < '0' || c > '9')
+			break;
+		number = (number < 0 ? 0 : number * 10) + (c - '0');
+		(*at)++;
+	}
+	return number;
+}
+
+/* The descriptor a joined name stands for when the kernel follows it
+ * there: /proc/self/fd/N, /proc/thread-self/fd/N, /proc/PID/fd/N and
+ * /proc/PID/task/TID/fd/N of the caller's own process, /dev/fd/N and
+ * /dev/std{in,out,err} (symlinks into /proc/self/fd). Such names are
+ * judged by the descriptor's file, not by their text (tar and Python's
+ * lchmod reach a file through one). */
+__noinline int aa_descriptor_link(__u32 length)
+{
+	struct aa_file_scratch *scratch = scratch_area();
+	if (!scratch)
+		return AA_LINK_NONE;
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 at = 0;
+	const char dev_fd[] = "/dev/fd/", self[] = "/proc/self/fd/",
+		   thread[] = "/proc/thread-self/fd/", proc[] = "/proc/",
+		   fd[] = "/fd/", tasks[] = "/task/", std[] = "/dev/std";
+	if (path_has(scratch, length, 0, std, 8)) {
+		const char in[] = "in", out[] = "out", err[] = "err";
+		if (length == 10 && path_has(scratch, length, 8, in, 2))
+			return 0;
+		if (length == 11 && path_has(scratch, length, 8, out, 3))
+			return 1;
+		if (length == 11 && path_has(scratch, length, 8, err, 3))
+			return 2;
+		return AA_LINK_NONE;
+	}
+	int own = 1;
+	if (path_has(scratch, length, 0, dev_fd, 8)) {
+		at = 8;
+	} else if (path_has(scratch, length, 0, self, 14)) {
+		at = 14;
+	} else if (path_has(scratch, length, 0, thread, 21)) {
+		at = 21;
+	} else if (path_has(scratch, length, 0, proc, 6)) {
+		at = 6;
+		long pid = path_number(scratch, length, &at);
+		if (pid < 0)
+			return AA_LINK_NONE;
+		if (path_has(scratch, length, at, tasks, 6)) {
+			at += 6;
+			if (path_number(scratch, length, &at) < 0)
+				return AA_LINK_NONE;
+		}
+		if (!path_has(scratch, length, at, fd, 4))
+			return AA_LINK_NONE;
+		at += 4;
+		/* The number in the caller's own PID namespace (as its /proc shows it). */
+		struct pid *leader = task->group_leader->thread_pid;
+		unsigned int level = BPF_CORE_READ(leader, level);
+		__u64 upid = (__u64)leader + bpf_core_field_offset(struct pid, numbers) +
+			     (level & 7) * bpf_core_type_size(struct upid);
+		own = pid == BPF_CORE_READ((struct upid *)upid, nr);
+	} else {
+		return AA_LINK_NONE;
+	}
+	__u32 digits = at;
+	long number = path_number(scratch, length, &at);
+	if (number < 0 || at != length || at == digits)
+		return AA_LINK_NONE;
+	return own ? number : AA_LINK_OTHER;
 }
 
 /* ---- matching the path against the rules ---- */
@@ -325,13 +441,21 @@ struct aa_judge {
 	__u32 mode;
 	__u32 restricted; /* AA_ACCESS_* with an allowlist */
 	__u32 denies;     /* AA_ACCESS_* some deny rule covers */
+	__u32 forced;     /* an AA_FILE_* reason that denies whatever the path */
 	long nr;
 };
+
+/* Whether this generation has any path rule (there is something to step
+ * around). */
+static __always_inline int has_path_rules(struct aa_judge *judge)
+{
+	return judge->restricted | judge->denies;
+}
 
 /* Whether `need` can be denied at all in this generation. */
 static __always_inline int judged(struct aa_judge *judge, __u32 need)
 {
-	return need & (judge->restricted | judge->denies);
+	return (need & (judge->restricted | judge->denies)) || (need && judge->forced);
 }
 
 /* Judges `need` access to the resolved path in scratch; on a denial,
@@ -353,10 +477,14 @@ __noinline int aa_judge_path(struct aa_judge *judge, struct aa_resolved *resolve
 	} else {
 		scratch->prefixlen = 8 * AA_MAX_PATH;
 	}
-	if (resolved->outcome != AA_WALK_REACHED && resolved->outcome != AA_WALK_OTHER_TREE) {
+	if (resolved->outcome != AA_WALK_REACHED && resolved->outcome != AA_WALK_OTHER_TREE)
+		scratch->path[0] = 0;
+	if (judge->forced) {
+		denied = need;
+		reason = judge->forced;
+	} else if (resolved->outcome != AA_WALK_REACHED && resolved->outcome != AA_WALK_OTHER_TREE) {
 		denied = need & (judge->restricted | judge->denies);
 		reason = AA_FILE_UNRESOLVED;
-		scratch->path[0] = 0;
 	} else {
 		struct aa_match match = { .slot = judge->slot };
 		bpf_loop(AA_MATCH_STEPS, match_step, &match, 0);
@@ -393,36 +521,91 @@ __noinline int aa_judge_path(struct aa_judge *judge, struct aa_resolved *resolve
 
 /* ---- what each call is judged on ---- */
 
-/* Judges `need` access to the file at (vfsmount, dentry). */
+/* ---- bind mounts: the file system's own mount ---- */
+
+struct aa_same_fs {
+	__u64 next; /* struct mount * */
+	__u64 fs_root;
+	__u64 ns;
+	__u64 found;
+};
+
+static long same_fs_step(__u64 index, void *ctx)
+{
+	struct aa_same_fs *search = ctx;
+	struct mount *mount = (struct mount *)search->next;
+	if (!mount)
+		return 1;
+	if ((__u64)BPF_CORE_READ(mount, mnt.mnt_root) == search->fs_root &&
+	    (__u64)BPF_CORE_READ(mount, mnt_ns) == search->ns) {
+		search->found = (__u64)mount;
+		return 1;
+	}
+	search->next = (__u64)BPF_CORE_READ(mount, mnt_next_for_sb);
+	return 0;
+}
+
+#define AA_BIND_NONE 0     /* the mount shows its file system's root */
+#define AA_BIND_FOUND 1    /* a bind of a subdirectory; *own is the root's mount */
+#define AA_BIND_NO_OWN 2   /* a bind whose file system's root is not mounted here */
+#define AA_BIND_TOO_MANY 3 /* more mounts of the file system than the probe looks through */
+
+/* For a mount that shows a subdirectory of its file system (a bind mount),
+ * the mount of that file system's root in the task's namespace: the
+ * namespace's root when it is that, else the first found among the file
+ * system's mounts. */
+__noinline int aa_own_mount(__u64 vfsmount, __u64 *own)
+{
+	if (!own)
+		return AA_BIND_NONE;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct super_block *sb = BPF_CORE_READ((struct vfsmount *)vfsmount, mnt_sb);
+	__u64 fs_root = (__u64)BPF_CORE_READ(sb, s_root);
+	if (!vfsmount || (__u64)BPF_CORE_READ((struct vfsmount *)vfsmount, mnt_root) == fs_root)
+		return AA_BIND_NONE;
+	struct mount *ns_root = BPF_CORE_READ(task, nsproxy, mnt_ns, root);
+	if ((__u64)BPF_CORE_READ(ns_root, mnt.mnt_sb) == (__u64)sb &&
+	    (__u64)BPF_CORE_READ(ns_root, mnt.mnt_root) == fs_root) {
+		*own = (__u64)ns_root;
+		return AA_BIND_FOUND;
+	}
+	struct aa_same_fs search = {
+		.next = (__u64)BPF_CORE_READ(sb, s_mounts),
+		.fs_root = fs_root,
+		.ns = (__u64)BPF_CORE_READ(task, nsproxy, mnt_ns),
+	};
+	bpf_loop(AA_SAME_FS_MOUNTS, same_fs_step, &search, 0);
+	if (search.found) {
+		*own = search.found;
+		return AA_BIND_FOUND;
+	}
+	return search.next ? AA_BIND_TOO_MANY : AA_BIND_NO_OWN;
+}
+
+/* Judges `need` access to the file at (vfsmount, dentry): by its path, and
+ * for a file on a bind mount of a subdirectory also by its path through
+ * the file system's own mount (when the namespace has one), so binding a
+ * denied directory into an allowed one gains nothing. */
 __noinline int aa_judge_file_path(struct aa_judge *judge, __u64 vfsmount, __u64 dentry, __u32 need)
 {
 	if (!judge || !judged(judge, need))
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u64 ns_root = namespace_root(task);
-	__u64 mount = mount_of((struct vfsmount *)vfsmount);
 	struct aa_resolved resolved = {};
-	aa_resolve(mount, dentry, ns_root, &resolved);
+	aa_resolve(mount_of((struct vfsmount *)vfsmount), dentry, ns_root, &resolved);
 	if (resolved.outcome == AA_WALK_NOT_A_PATH)
 		return 0;
 	if (aa_judge_path(judge, &resolved, need))
 		return 1;
-	/* A mount of a subdirectory (a bind mount) shows the file under another
-	 * name: judge it by its path through the file system's own mount in
-	 * this namespace too, if it has one. */
-	struct super_block *sb = BPF_CORE_READ((struct vfsmount *)vfsmount, mnt_sb);
-	__u64 fs_root = (__u64)BPF_CORE_READ(sb, s_root);
-	if ((__u64)BPF_CORE_READ((struct vfsmount *)vfsmount, mnt_root) == fs_root)
-		return 0;
-	__u64 ns = (__u64)BPF_CORE_READ(task, nsproxy, mnt_ns);
-	struct mount *other = BPF_CORE_READ(sb, s_mounts);
-	for (int i = 0; i < AA_SAME_FS_MOUNTS && other; i++) {
-		if ((__u64)BPF_CORE_READ(other, mnt.mnt_root) == fs_root &&
-		    (__u64)BPF_CORE_READ(other, mnt_ns) == ns) {
-			aa_resolve((__u64)other, dentry, ns_root, &resolved);
-			return aa_judge_path(judge, &resolved, need);
-		}
-		other = BPF_CORE_READ(other, mnt_next_for_sb);
+	__u64 own = 0;
+	switch (aa_own_mount(vfsmount, &own)) {
+	case AA_BIND_FOUND:
+		aa_resolve(own, dentry, ns_root, &resolved);
+		return aa_judge_path(judge, &resolved, need);
+	case AA_BIND_TOO_MANY:
+		resolved.outcome = AA_WALK_FAILED;
+		return aa_judge_path(judge, &resolved, need);
 	}
 	return 0;
 }
@@ -435,23 +618,65 @@ static __always_inline int judge_file(struct aa_judge *judge, struct file *file,
 			       (__u64)BPF_CORE_READ(file, f_path.dentry), need);
 }
 
+/* Joins the name in scratch (`name_length` bytes) to the directory at
+ * (mount, dentry) and judges `need` access to the result. */
+__noinline int aa_join_and_judge(struct aa_judge *judge, __u64 mount, __u64 dentry,
+				 __u32 name_length, __u32 need)
+{
+	if (!judge)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct aa_resolved resolved = {};
+	aa_resolve(mount, dentry, namespace_root(task), &resolved);
+	if (resolved.outcome != AA_WALK_REACHED && resolved.outcome != AA_WALK_OTHER_TREE) {
+		resolved.outcome = AA_WALK_FAILED;
+		return aa_judge_path(judge, &resolved, need);
+	}
+	struct aa_file_scratch *scratch = scratch_area();
+	if (!scratch)
+		return 0;
+	scratch->join = (struct aa_join){
+		.name_length = name_length,
+		.length = resolved.length,
+		.components = resolved.components,
+		.hidden = resolved.hidden,
+	};
+	bpf_loop(AA_PATH_BUFFER + 1, join_step, 0, 0);
+	struct aa_join join = scratch->join;
+	if (join.failed)
+		resolved.outcome = AA_WALK_FAILED;
+	resolved.length = join.length;
+	if (!join.failed && !join.hidden) {
+		long fd = aa_descriptor_link(join.length);
+		if (fd >= 0)
+			return judge_file(judge, aa_fd_file(task, fd), need);
+		if (fd == AA_LINK_OTHER)
+			resolved.outcome = AA_WALK_FAILED;
+	}
+	return aa_judge_path(judge, &resolved, need);
+}
+
 /* Judges `need` access to `name` (user memory), relative to directory
  * descriptor `dirfd` (or the cwd, or the root for an absolute name). With
- * AT_EMPTY_PATH in `flags` and an empty name, the descriptor's own file. */
+ * AT_EMPTY_PATH in `flags` and an empty name, the descriptor's own file.
+ * A directory on a bind mount of a subdirectory is judged through its file
+ * system's own mount too, as files are. */
 __noinline int aa_judge_name(struct aa_judge *judge, long dirfd, __u64 name, __u32 flags, __u32 need)
 {
 	struct aa_file_scratch *scratch = scratch_area();
 	if (!scratch || !judge || !judged(judge, need))
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct aa_resolved resolved = { .outcome = AA_WALK_FAILED };
+	struct aa_resolved unreadable = { .outcome = AA_WALK_FAILED };
 	long read = bpf_probe_read_user_str(scratch->name, AA_PATH_BUFFER, (const void *)name);
 	if (read <= 0)
-		return aa_judge_path(judge, &resolved, need);
+		return aa_judge_path(judge, &unreadable, need);
 	if (read == 1) {
-		if (!(flags & AA_AT_EMPTY_PATH))
-			return 0; /* an empty name fails with ENOENT */
-		return judge_file(judge, aa_fd_file(task, dirfd), need);
+		if (flags & AA_AT_EMPTY_PATH)
+			return judge_file(judge, aa_fd_file(task, dirfd), need);
+		/* The call succeeded, so the kernel read a name: this one was
+		 * changed after it did. */
+		return aa_judge_path(judge, &unreadable, need);
 	}
 	__u64 base_mnt, base_dentry;
 	if (scratch->name[0] == '/') {
@@ -463,25 +688,20 @@ __noinline int aa_judge_name(struct aa_judge *judge, long dirfd, __u64 name, __u
 	} else {
 		struct file *dir = aa_fd_file(task, (int)dirfd);
 		if (!dir)
-			return aa_judge_path(judge, &resolved, need);
+			return aa_judge_path(judge, &unreadable, need);
 		base_mnt = (__u64)BPF_CORE_READ(dir, f_path.mnt);
 		base_dentry = (__u64)BPF_CORE_READ(dir, f_path.dentry);
 	}
-	aa_resolve(mount_of((struct vfsmount *)base_mnt), base_dentry, namespace_root(task), &resolved);
-	if (resolved.outcome == AA_WALK_REACHED || resolved.outcome == AA_WALK_OTHER_TREE) {
-		struct aa_join join = {
-			.name_length = read - 1,
-			.length = resolved.length,
-			.components = resolved.components,
-		};
-		bpf_loop(AA_PATH_BUFFER + 1, join_step, &join, 0);
-		if (join.failed)
-			resolved.outcome = AA_WALK_FAILED;
-		resolved.length = join.length;
-	} else {
-		resolved.outcome = AA_WALK_FAILED;
+	if (aa_join_and_judge(judge, mount_of((struct vfsmount *)base_mnt), base_dentry, read - 1, need))
+		return 1;
+	__u64 own = 0;
+	switch (aa_own_mount(base_mnt, &own)) {
+	case AA_BIND_FOUND:
+		return aa_join_and_judge(judge, own, base_dentry, read - 1, need);
+	case AA_BIND_TOO_MANY:
+		return aa_judge_path(judge, &unreadable, need);
 	}
-	return aa_judge_path(judge, &resolved, need);
+	return 0;
 }
 
 /* The access an open asked for: the new file's mode, and O_CREAT, O_TRUNC
@@ -600,6 +820,9 @@ static __always_inline void check_opened_file(struct task_struct *task, struct a
 			       (mode & AA_FMODE_WRITE ? AA_ACCESS_WRITE : 0) | need_extra;
 		}
 	}
+	/* A block device is every file on it, read around the path rules. */
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & AA_S_IFMT) == AA_S_IFBLK && has_path_rules(judge))
+		judge->forced = AA_FILE_DEVICE;
 	judge_file(judge, file, need);
 }
 
@@ -609,10 +832,23 @@ static __always_inline void check_names(struct aa_judge *judge, struct pt_regs *
 	const __u32 write = AA_ACCESS_WRITE, both = AA_ACCESS_READ | AA_ACCESS_WRITE;
 	struct task_struct *task = bpf_get_current_task_btf();
 	switch (nr) {
+	case AA_NR_MKNOD:
+		/* A device node made where the rules allow would open a device
+		 * (a disk: every file on it) by a name the rules allow. */
+		if (has_path_rules(judge) && ((regs->si & AA_S_IFMT) == AA_S_IFCHR ||
+					      (regs->si & AA_S_IFMT) == AA_S_IFBLK))
+			judge->forced = AA_FILE_DEVICE;
+		aa_judge_name(judge, AA_AT_FDCWD, regs->di, 0, write);
+		break;
+	case AA_NR_MKNODAT:
+		if (has_path_rules(judge) && ((regs->dx & AA_S_IFMT) == AA_S_IFCHR ||
+					      (regs->dx & AA_S_IFMT) == AA_S_IFBLK))
+			judge->forced = AA_FILE_DEVICE;
+		aa_judge_name(judge, (int)regs->di, regs->si, 0, write);
+		break;
 	case AA_NR_UNLINK:
 	case AA_NR_RMDIR:
 	case AA_NR_MKDIR:
-	case AA_NR_MKNOD:
 	case AA_NR_TRUNCATE:
 	case AA_NR_CHMOD:
 	case AA_NR_CHOWN:
@@ -621,7 +857,6 @@ static __always_inline void check_names(struct aa_judge *judge, struct pt_regs *
 		break;
 	case AA_NR_UNLINKAT:
 	case AA_NR_MKDIRAT:
-	case AA_NR_MKNODAT:
 	case AA_NR_FCHMODAT:
 		aa_judge_name(judge, (int)regs->di, regs->si, 0, write);
 		break;
@@ -662,6 +897,45 @@ static __always_inline void check_names(struct aa_judge *judge, struct pt_regs *
 	}
 }
 
+struct aa_vma_file {
+	__u64 file;
+};
+
+static long vma_file(struct task_struct *task, struct vm_area_struct *vma, void *ctx)
+{
+	((struct aa_vma_file *)ctx)->file = (__u64)BPF_CORE_READ(vma, vm_file);
+	return 0;
+}
+
+/* After an exec: the executable, and the ELF interpreter the kernel loaded
+ * for it without any syscall (PT_INTERP: a denied file named there would
+ * otherwise run). The interpreter is the file mapped at AT_BASE. */
+static __always_inline void check_executed(struct task_struct *task, struct aa_judge *judge)
+{
+	if (judge_file(judge, BPF_CORE_READ(task, mm, exe_file), AA_ACCESS_READ))
+		return;
+	struct mm_struct *mm = task->mm;
+	__u64 base = 0;
+	for (int i = 0; i < 27; i++) {
+		__u64 type = BPF_CORE_READ(mm, saved_auxv[2 * i]);
+		if (type == 0)
+			break;
+		if (type == AA_AT_BASE) {
+			base = BPF_CORE_READ(mm, saved_auxv[2 * i + 1]);
+			break;
+		}
+	}
+	if (!base)
+		return; /* a static executable */
+	struct aa_vma_file found = {};
+	if (bpf_find_vma(task, base, vma_file, &found, 0) == 0 && found.file) {
+		judge_file(judge, (struct file *)found.file, AA_ACCESS_READ);
+	} else {
+		struct aa_resolved unknown = { .outcome = AA_WALK_FAILED };
+		aa_judge_path(judge, &unknown, AA_ACCESS_READ);
+	}
+}
+
 static __attribute__((noinline)) int check_exit(struct pt_regs *regs, long ret, __u64 *known)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -675,6 +949,20 @@ static __attribute__((noinline)) int check_exit(struct pt_regs *regs, long ret, 
 	long nr = regs->orig_ax;
 	struct aa_judge judge = {};
 	start_judging(&judge, nr);
+	/* Bytes read from the task's memory are judged only if they are what
+	 * the guard read at entry (see NAME_CHECK). */
+	__u64 first, second;
+	int kind = aa_user_args(nr, regs, &first, &second);
+	if (kind && has_path_rules(&judge)) {
+		struct aa_name_check *check = bpf_task_storage_get(&NAME_CHECK, task, 0, 0);
+		if (check && check->nr == nr && check->seq == mark->guarded) {
+			__u64 hash = 0;
+			aa_hash_user_args(first, second, kind, &hash);
+			if (hash != check->hash)
+				judge.forced = AA_FILE_CHANGED;
+			check->nr = -1;
+		}
+	}
 	if (is_open(nr)) {
 		check_opened_file(task, mark, &judge, ret, 0, regs);
 		return 0;
@@ -682,7 +970,7 @@ static __attribute__((noinline)) int check_exit(struct pt_regs *regs, long ret, 
 	if (ret != 0)
 		return 0;
 	if (nr == AA_NR_EXECVE || nr == AA_NR_EXECVEAT) {
-		judge_file(&judge, BPF_CORE_READ(task, mm, exe_file), AA_ACCESS_READ);
+		check_executed(task, &judge);
 		return 0;
 	}
 	/* The guard read the name at entry; a name in a page not yet faulted in

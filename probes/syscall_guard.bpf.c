@@ -213,6 +213,21 @@ static __attribute__((noinline)) int guard_slow(struct pt_regs *regs, long id, _
 		return 0;
 	__u32 mode = gen->mode;
 
+	/* Names the file probe will read again at exit: remember their bytes. */
+	__u64 first, second;
+	int kind = aa_user_args(id, regs, &first, &second);
+	if (kind && aa_has_path_rules(gen)) {
+		struct aa_name_check *check = bpf_task_storage_get(&NAME_CHECK, task, 0,
+								   BPF_LOCAL_STORAGE_GET_F_CREATE);
+		__u64 hash = 0;
+		aa_hash_user_args(first, second, kind, &hash);
+		if (check) {
+			check->hash = hash;
+			check->seq = mark->guarded;
+			check->nr = id;
+		}
+	}
+
 	/* ia32 (int 0x80) and x32 entries use other tables, which the checks
 	 * below are not written for: never allowed to a confined task. (-1, no
 	 * syscall, has bit 30 set but is not an x32 entry.) */

@@ -61,9 +61,15 @@ pub enum FileDenial {
     DeniedBy { rule: String },
     /// The access has an allowlist and no prefix of it covers the path.
     NotAllowed,
-    /// The path could not be resolved in full (too deep, too long, or its
-    /// name unreadable), so it is judged denied.
+    /// The path could not be resolved in full (too deep, or its name
+    /// unreadable), so it is judged denied.
     Unresolved,
+    /// A block device opened, or a device node made, while path rules are
+    /// in force: a device reaches files around them.
+    Device,
+    /// Its name (or openat2's flags) in the process's memory changed while
+    /// the kernel used it: what the kernel acted on cannot be known.
+    Changed,
 }
 
 /// The accesses a denial names (`read`, `write`, `read+write`).
@@ -254,6 +260,8 @@ impl FileDenial {
             }
             abi::FILE_NOT_ALLOWED => FileDenial::NotAllowed,
             abi::FILE_UNRESOLVED => FileDenial::Unresolved,
+            abi::FILE_DEVICE => FileDenial::Device,
+            abi::FILE_CHANGED => FileDenial::Changed,
             _ => return None,
         })
     }
@@ -266,7 +274,15 @@ impl fmt::Display for FileDenial {
             FileDenial::NotAllowed => write!(f, "no prefix of its allowlist covers it"),
             FileDenial::Unresolved => write!(
                 f,
-                "its path could not be resolved in full (too deep, too long, or unreadable), so it is denied"
+                "its path could not be resolved in full (too deep, or its name unreadable), so it is denied"
+            ),
+            FileDenial::Changed => write!(
+                f,
+                "its name changed in memory while the kernel used it (another thread rewrote it), so it is denied"
+            ),
+            FileDenial::Device => write!(
+                f,
+                "a block device or a new device node reaches files around the path rules"
             ),
         }
     }

@@ -83,8 +83,10 @@ spec:
   capabilities: {deny: [network_inbound, agent_spawn], allow: [file_read, file_write, terminal_exec]}
   filesystem:
     deny: [/var/run/secrets, /root/.ssh/, /etc/gshadow, /etc//shadow]
-    write: {allow: [/tmp, /workspace, /dev/null, /dev/tty, /dev/pts, /workspace/src]}
-    read: {allow: [/home, /workspace, /tmp, /dev, /sys/devices/system/cpu, /proc, /etc, /sbin, /bin, /lib64, /lib, /usr]}
+    write: {allow: [/tmp, /workspace, /dev/null, /dev/tty, /dev/pts, /dev/ptmx, /dev/shm, /workspace/src]}
+    read: {allow: [/home, /workspace, /tmp, /dev/shm, /dev/ptmx, /dev/pts, /dev/tty, /dev/urandom, /dev/random,
+                   /dev/full, /dev/zero, /dev/null, /sys/fs/cgroup, /sys/devices/system, /proc, /etc, /sbin,
+                   /bin, /lib64, /lib, /usr]}
   syscalls:
     allow: [faccessat2, readahead, tee, splice, sendfile, copy_file_range, flock, fadvise64, getcpu,
             setsid, setpgid, umask, sysinfo, ioctl, "@resources", "@credentials", "@sync", "@timer",

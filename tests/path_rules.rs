@@ -28,9 +28,10 @@ const SYSCALLS: &str = r#"  syscalls:
 /// `allowed` (unmounted on drop, also when the test fails):
 ///
 /// ```text
-/// root/allowed/{file, victim, link -> ../denied, mnt (bind of denied), private/key}
-/// root/denied/secret
-/// root/writable/
+/// root/allowed/{file, victim, link -> ../denied, mnt (bind of denied), private/key,
+///               carrier (an ELF whose interpreter is denied/ld.so)}
+/// root/denied/{secret, ld.so}
+/// root/writable/deep/d/d/.../d/file (600 levels)
 /// root/extra/file
 /// ```
 struct Tree {
@@ -56,6 +57,10 @@ impl Tree {
         std::fs::write(root.join("denied/secret"), "secret\n").expect("write");
         std::fs::write(root.join("extra/file"), "extra\n").expect("write");
         std::os::unix::fs::symlink("../denied", root.join("allowed/link")).expect("symlink");
+        let deep = (0..DEPTH).fold(root.join("writable/deep"), |dir, _| dir.join("d"));
+        std::fs::create_dir_all(&deep).expect("mkdir deep");
+        std::fs::write(deep.join("file"), "deep\n").expect("write deep");
+        build_carrier(root);
         let mut tree = Tree { dir, mounted: None };
         tree.reset_victim();
         let (source, target) = (tree.path("denied"), tree.path("allowed/mnt"));
@@ -83,9 +88,11 @@ impl Tree {
         self.path(relative).display().to_string()
     }
 
-    /// A file the unlink scenario deletes (the kill lands after the call).
+    /// A file the unlink scenario deletes (the kill lands after the call),
+    /// and one the chmod scenario changes.
     fn reset_victim(&self) {
         std::fs::write(self.path("allowed/victim"), "victim\n").expect("write victim");
+        std::fs::write(self.path("writable/through-fd"), "x\n").expect("write");
     }
 
     /// Read: the system and `allowed`, `writable`, `extra`; write: only
@@ -97,13 +104,37 @@ impl Tree {
             String::new()
         };
         format!(
-            "apiVersion: agent-assembly.dev/v1\nkind: Policy\nmetadata: {{name: paths}}\nspec:\n  mode: {mode}\n{SYSCALLS}  filesystem:\n    read:\n      allow: [/usr, /lib, /lib64, /bin, /sbin, /etc, /proc, /dev, {}, {}{extra}]\n    write:\n      allow: [{}, /dev/null]\n    deny: [{}]\n",
+            "apiVersion: agent-assembly.dev/v1\nkind: Policy\nmetadata: {{name: paths}}\nspec:\n  mode: {mode}\n{SYSCALLS}  filesystem:\n    read:\n      allow: [/usr, /lib, /lib64, /bin, /sbin, /etc, /proc, /dev, {}, {}, {}{extra}]\n    write:\n      allow: [{}, /dev/null]\n    deny: [{}]\n",
+            env!("CARGO_TARGET_TMPDIR"),
             self.show("allowed"),
             self.show("writable"),
             self.show("writable"),
             self.show("allowed/private"),
         )
     }
+}
+
+const DEPTH: usize = 600;
+
+/// `allowed/carrier`: a program whose ELF interpreter (PT_INTERP) is a copy
+/// of the system's, placed in `denied`. The kernel loads it without a syscall.
+fn build_carrier(root: &Path) {
+    let interpreter = root.join("denied/ld.so");
+    std::fs::copy("/lib64/ld-linux-x86-64.so.2", &interpreter).expect("copy the ELF interpreter");
+    let source = root.join("carrier.c");
+    std::fs::write(&source, "int main(void) { return 0; }\n").expect("write carrier.c");
+    let out = Command::new("cc")
+        .arg("-o")
+        .arg(root.join("allowed/carrier"))
+        .arg(format!("-Wl,--dynamic-linker={}", interpreter.display()))
+        .arg(&source)
+        .output()
+        .expect("run cc");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Tree {
@@ -195,6 +226,36 @@ fn scenarios(tree: &Tree) -> Vec<Scenario> {
             "unlink relative to the cwd through ..",
             format!("cd {} && rm ../allowed/victim", at("writable")),
             at("allowed/victim"),
+        ),
+        Scenario {
+            name: "a file 600 directories deep read and removed",
+            script: format!(
+                "cd {}/{} && cat file && cd {} && rm -r deep",
+                at("writable/deep"),
+                vec!["d"; DEPTH].join("/"),
+                at("writable")
+            ),
+            code: 0,
+            denied_path: None,
+        },
+        Scenario {
+            name: "chmod through /dev/fd/N of a writable file",
+            script: format!(
+                "exec 3< {w} && chmod 600 /dev/fd/3 && chmod 644 /dev/fd/3",
+                w = at("writable/through-fd")
+            ),
+            code: 0,
+            denied_path: None,
+        },
+        killed(
+            "a device node made where writes are allowed",
+            format!("mknod {} c 1 3", at("writable/null")),
+            at("writable/null"),
+        ),
+        killed(
+            "a program whose ELF interpreter is denied",
+            at("allowed/carrier"),
+            at("denied/ld.so"),
         ),
         killed(
             "rename into a read-only directory",
@@ -404,4 +465,38 @@ fn a_reload_that_removes_a_read_prefix_holds_from_the_moment_it_is_applied() {
         "{}",
         daemon.log()
     );
+}
+
+#[test]
+fn a_name_rewritten_while_the_kernel_uses_it_is_denied() {
+    let Some(escape) = support::escape_helper("path_rules_name_race") else {
+        return;
+    };
+    let tree = Tree::new();
+    // Each try links the denied secret into `writable` while a sibling
+    // thread blanks the name after the kernel copied it and before the
+    // probe reads it back: the probe sees the name changed and denies.
+    let out = exec_with_policy(
+        "path_rules_name_race",
+        &tree.policy("enforce", false),
+        &[
+            &escape.display().to_string(),
+            "name-race",
+            &tree.show("denied/secret"),
+            &tree.show("writable/stolen"),
+            "60",
+        ],
+    );
+    let summary = out.stdout.lines().last().unwrap_or_default().to_owned();
+    let counts: Vec<u32> = summary
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 3, "{summary}\n{}", out.stderr);
+    assert_eq!(
+        counts[0], 0,
+        "no try may escape: {}\n{}",
+        out.stdout, out.stderr
+    );
+    assert!(counts[1] > 0, "the tries are killed: {summary}");
 }

@@ -43,6 +43,8 @@ pub const REASON_IO_URING_DIRECT: u32 = 12;
 pub const FILE_DENIED: u32 = 1;
 pub const FILE_NOT_ALLOWED: u32 = 2;
 pub const FILE_UNRESOLVED: u32 = 3;
+pub const FILE_DEVICE: u32 = 4;
+pub const FILE_CHANGED: u32 = 5;
 
 pub const NET_RAW_SOCKET: u32 = 1;
 pub const NET_PING_SOCKET: u32 = 2;

@@ -26,10 +26,11 @@ use crate::ruleset::{
 };
 
 /// Every pinned map, by the name the probes give it.
-pub(super) const MAPS: [&str; 15] = [
+pub(super) const MAPS: [&str; 16] = [
     "ACTIVE",
     "GENERATIONS",
     "TASK_MARK",
+    "NAME_CHECK",
     "CONFINED",
     "GUARD_CACHE",
     "EGRESS4",

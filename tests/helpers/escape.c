@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -464,12 +465,90 @@ static int pid_at(char **argv)
 	return 0;
 }
 
+/* The name link() reads, and when to blank it: a sibling thread rewrites
+ * the name after the kernel has copied it, before the probe reads it back
+ * at syscall exit. */
+static char race_name[4096];
+static atomic_int race_go;
+static long race_delay_ns;
+
+static long now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static void *blank_name(void *unused)
+{
+	(void)unused;
+	while (!atomic_load(&race_go))
+		;
+	long start = now_ns();
+	while (now_ns() < start + race_delay_ns)
+		;
+	race_name[0] = 0;
+	return NULL;
+}
+
+/* name-race SRC DST TRIES: per try, a child links SRC (padded with "/."
+ * components so the kernel's walk takes a while) to DST while a sibling
+ * thread blanks the name 0-40 us into the call; a child whose link worked
+ * and that lives prints what it read through DST. Prints "escaped N killed
+ * M failed K". */
+static int name_race(char **argv)
+{
+	int tries = atoi(argv[4]), escaped = 0, killed = 0, failed = 0;
+	for (int i = 0; i < tries; i++) {
+		unlink(argv[3]);
+		pid_t child = fork();
+		if (child == 0) {
+			const char *slash = strrchr(argv[2], '/');
+			int dir = (int)(slash - argv[2]);
+			char padded[4096];
+			snprintf(padded, sizeof(padded), "%.*s", dir, argv[2]);
+			while (strlen(padded) + strlen(slash) + 3 < 4000)
+				strcat(padded, "/.");
+			strcat(padded, slash);
+			memcpy(race_name, padded, strlen(padded) + 1);
+			race_delay_ns = (i % 41) * 1000L;
+			pthread_t t;
+			pthread_create(&t, NULL, blank_name, NULL);
+			atomic_store(&race_go, 1);
+			long rc = syscall(SYS_link, race_name, argv[3]);
+			pthread_join(t, NULL);
+			if (rc != 0)
+				_exit(1);
+			char content[256] = {0};
+			int fd = open(argv[3], O_RDONLY);
+			if (fd < 0 || read(fd, content, sizeof(content) - 1) < 0)
+				_exit(1);
+			printf("escaped: %s", content);
+			fflush(stdout);
+			_exit(0);
+		}
+		int status = 0;
+		waitpid(child, &status, 0);
+		if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+			killed++;
+		else if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+			escaped++;
+		else
+			failed++;
+	}
+	unlink(argv[3]);
+	printf("escaped %d killed %d failed %d\n", escaped, killed, failed);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
 	if (argc < 2)
 		return 2;
 	const char *mode = argv[1];
+	if (!strcmp(mode, "name-race") && argc == 5)
+		return name_race(argv);
 	if (!strcmp(mode, "zombie-leader"))
 		return zombie_leader();
 	if (!strcmp(mode, "exec-on") && argc == 3)
