@@ -43,7 +43,7 @@ impl Workload<'_> {
     fn iterations(self) -> u64 {
         match self {
             Workload::Getppid => 2_000_000,
-            Workload::Open(_) => 200_000,
+            Workload::Open(_) => 50_000,
         }
     }
 }
