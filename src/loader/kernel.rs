@@ -93,6 +93,16 @@ impl KernelLoader {
             load_program(&mut objects[object], program, attach, &btf)?;
         }
         let maps = take_maps(&mut objects[0])?;
+        // The loaded programs hold their maps in the kernel; this process
+        // needs one descriptor per pinned map (`maps`, `map_fds`), not one
+        // per object and map (~100 more, which a descriptor limit would
+        // take from clients and reloads).
+        for object in &mut objects {
+            let names: Vec<String> = object.maps().map(|(name, _)| name.to_owned()).collect();
+            for name in names {
+                drop(object.take_map(&name));
+            }
+        }
         let mut map_fds = Vec::with_capacity(MAPS.len());
         for name in MAPS {
             let pin = pins.map(name);
