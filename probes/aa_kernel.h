@@ -24,6 +24,7 @@ struct pt_regs {
 	unsigned long r10;
 	unsigned long r8;
 	unsigned long orig_ax;
+	unsigned long ip;
 } AA_CORE;
 
 struct ns_common {
@@ -131,7 +132,6 @@ struct signal_struct {
 struct mm_struct {
 	struct task_struct *owner; /* CONFIG_MEMCG: the thread-group leader using it */
 	struct file *exe_file;     /* the executable it runs */
-	unsigned long saved_auxv[56]; /* the auxiliary vector given at exec */
 } AA_CORE;
 
 struct vm_area_struct {

@@ -375,16 +375,19 @@ struct {
 } SOCKET_MARK SEC(".maps");
 
 /* NAME_CHECK: for a confined task in a call the file probe judges by bytes
- * it reads from the task's memory (names, openat2's flags), a hash of
- * those bytes as the syscall guard read them at entry. The file probe
- * reads them again at exit: another thread may have changed them after
- * the kernel read them, and a difference means the call is judged denied.
- * `seq` is the task mark's `guarded` count at entry, so an entry is only
- * ever compared at the exit of the call that wrote it. */
+ * it reads from the task's memory (names, openat2's flags), those bytes as
+ * the syscall guard read them at entry. The file probe reads them again at
+ * exit: another thread may have changed them after the kernel read them,
+ * and any difference means the call is judged denied. The bytes are kept
+ * whole (a hash of attacker-chosen names can be made to collide). `seq` is
+ * the task mark's `guarded` count at entry, so an entry is only ever
+ * compared at the exit of the call that wrote it. */
 struct aa_name_check {
-	__u64 hash;
 	__u64 seq;
 	__s64 nr;
+	__u64 flags;      /* openat2: open_how.flags */
+	__s32 lengths[2]; /* of each name with its NUL; <= 0: unreadable at entry */
+	char names[2][AA_PATH_BUFFER];
 };
 
 struct {
@@ -719,52 +722,23 @@ static __always_inline int aa_user_args(long nr, struct pt_regs *regs, __u64 *fi
 	return 0;
 }
 
-#define AA_FNV_OFFSET 0xcbf29ce484222325ULL
-#define AA_FNV_PRIME 0x100000001b3ULL
-
-struct aa_hash_state {
-	__u64 hash;
-	__u32 length;
-};
-
-static long aa_hash_step(__u64 index, void *ctx)
+/* Copies the bytes aa_user_args names into `check` (the guard, at entry). */
+static __always_inline void aa_keep_user_args(struct aa_name_check *check, __u64 first, __u64 second,
+					      int kind)
 {
-	struct aa_hash_state *state = ctx;
-	__u32 zero = 0;
-	char *buffer = bpf_map_lookup_elem(&PATH_SCRATCH, &zero);
-	if (!buffer || index >= state->length)
-		return 1;
-	state->hash = (state->hash ^ (__u8)buffer[index & (AA_PATH_BUFFER - 1)]) * AA_FNV_PRIME;
-	return 0;
-}
-
-/* FNV-1a of the bytes aa_user_args names, into *hash. A global function:
- * verified once. */
-__attribute__((noinline)) int aa_hash_user_args(__u64 first, __u64 second, int kind, __u64 *hash)
-{
-	__u32 zero = 0;
-	char *buffer = bpf_map_lookup_elem(&PATH_SCRATCH, &zero);
-	if (!hash || !buffer)
-		return 0;
-	struct aa_hash_state state = { .hash = AA_FNV_OFFSET };
+	check->lengths[0] = 0;
+	check->lengths[1] = 0;
 	if (kind == AA_ARGS_OPEN_HOW) {
-		__u64 flags = 0;
-		if (bpf_probe_read_user(&flags, sizeof(flags), (const void *)first))
-			flags = ~0ULL;
-		*hash = (state.hash ^ flags) * AA_FNV_PRIME;
-		return 0;
+		if (bpf_probe_read_user(&check->flags, sizeof(check->flags), (const void *)first))
+			check->lengths[0] = -1;
+		else
+			check->lengths[0] = sizeof(check->flags);
+		return;
 	}
-	for (int i = 0; i < 2; i++) {
-		__u64 name = i == 0 ? first : second;
-		if (!name)
-			break;
-		long length = bpf_probe_read_user_str(buffer, AA_PATH_BUFFER, (const void *)name);
-		state.length = length > 0 ? length : 0;
-		bpf_loop(AA_PATH_BUFFER, aa_hash_step, &state, 0);
-		state.hash = (state.hash ^ (__u64)length) * AA_FNV_PRIME;
-	}
-	*hash = state.hash;
-	return 0;
+	if (first)
+		check->lengths[0] = bpf_probe_read_user_str(check->names[0], AA_PATH_BUFFER, (const void *)first);
+	if (second)
+		check->lengths[1] = bpf_probe_read_user_str(check->names[1], AA_PATH_BUFFER, (const void *)second);
 }
 
 /* Whether a generation has any path rule. */

@@ -69,7 +69,7 @@
 #define AA_S_IFMT 0170000
 #define AA_S_IFCHR 0020000
 #define AA_S_IFBLK 0060000
-#define AA_AT_BASE 7 /* auxv: where the ELF interpreter is loaded */
+
 
 /* How a walk up from a file ended. Paths are compared by their first 255
  * bytes (a rule holds no more), so a deep path is kept from the root for
@@ -335,7 +335,8 @@ static __always_inline long path_number(struct aa_file_scratch *scratch, __u32 l
 }
 
 /* The descriptor a joined name stands for when the kernel follows it
- * there: /proc/self/fd/N, /proc/thread-self/fd/N, /proc/PID/fd/N and
+ * there: /proc/self/fd/N, /proc/self/task/TID/fd/N,
+ * /proc/thread-self/fd/N, /proc/PID/fd/N and
  * /proc/PID/task/TID/fd/N of the caller's own process, /dev/fd/N and
  * /dev/std{in,out,err} (symlinks into /proc/self/fd). Such names are
  * judged by the descriptor's file, not by their text (tar and Python's
@@ -347,8 +348,8 @@ __noinline int aa_descriptor_link(__u32 length)
 		return AA_LINK_NONE;
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u32 at = 0;
-	const char dev_fd[] = "/dev/fd/", self[] = "/proc/self/fd/",
-		   thread[] = "/proc/thread-self/fd/", proc[] = "/proc/",
+	const char dev_fd[] = "/dev/fd/", self[] = "/proc/self/", self_fd[] = "fd/",
+		   self_task[] = "task/", thread[] = "/proc/thread-self/fd/", proc[] = "/proc/",
 		   fd[] = "/fd/", tasks[] = "/task/", std[] = "/dev/std";
 	if (path_has(scratch, length, 0, std, 8)) {
 		const char in[] = "in", out[] = "out", err[] = "err";
@@ -363,8 +364,18 @@ __noinline int aa_descriptor_link(__u32 length)
 	int own = 1;
 	if (path_has(scratch, length, 0, dev_fd, 8)) {
 		at = 8;
-	} else if (path_has(scratch, length, 0, self, 14)) {
-		at = 14;
+	} else if (path_has(scratch, length, 0, self, 11)) {
+		at = 11;
+		if (path_has(scratch, length, at, self_task, 5)) {
+			at += 5;
+			if (path_number(scratch, length, &at) < 0 || !path_has(scratch, length, at, fd, 4))
+				return AA_LINK_NONE;
+			at += 4;
+		} else if (path_has(scratch, length, at, self_fd, 3)) {
+			at += 3;
+		} else {
+			return AA_LINK_NONE;
+		}
 	} else if (path_has(scratch, length, 0, thread, 21)) {
 		at = 21;
 	} else if (path_has(scratch, length, 0, proc, 6)) {
@@ -897,6 +908,71 @@ static __always_inline void check_names(struct aa_judge *judge, struct pt_regs *
 	}
 }
 
+/* ---- names rewritten while the kernel used them ---- */
+
+struct aa_compare {
+	__u32 which;  /* the name being compared: 0 or 1 */
+	__u32 length; /* its length with the NUL */
+	__u32 differs;
+};
+
+/* Compares byte `index` of the name kept at entry with the one read now
+ * (in PATH_SCRATCH). */
+static long compare_step(__u64 index, void *ctx)
+{
+	struct aa_compare *compare = ctx;
+	__u32 zero = 0;
+	char *now = bpf_map_lookup_elem(&PATH_SCRATCH, &zero);
+	struct aa_name_check *kept =
+		bpf_task_storage_get(&NAME_CHECK, bpf_get_current_task_btf(), 0, 0);
+	if (!now || !kept || index >= compare->length) {
+		if (index < compare->length)
+			compare->differs = 1;
+		return 1;
+	}
+	__u32 at = index & (AA_PATH_BUFFER - 1);
+	if (kept->names[compare->which & 1][at] != now[at]) {
+		compare->differs = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* Whether the bytes aa_user_args names differ from those the guard kept
+ * at entry. A name the guard could not read at entry (a page not yet
+ * faulted in) is not compared: it is judged as read now. */
+__noinline int aa_user_args_changed(__u64 first, __u64 second, int kind)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct aa_name_check *kept = bpf_task_storage_get(&NAME_CHECK, task, 0, 0);
+	__u32 zero = 0;
+	char *now = bpf_map_lookup_elem(&PATH_SCRATCH, &zero);
+	if (!kept || !now)
+		return 0;
+	if (kind == AA_ARGS_OPEN_HOW) {
+		__u64 flags = 0;
+		if (kept->lengths[0] <= 0)
+			return 0;
+		if (bpf_probe_read_user(&flags, sizeof(flags), (const void *)first))
+			return 1;
+		return flags != kept->flags;
+	}
+	for (__u32 which = 0; which < 2; which++) {
+		__u64 name = which == 0 ? first : second;
+		__s32 length = kept->lengths[which];
+		if (!name || length <= 0)
+			continue;
+		long read = bpf_probe_read_user_str(now, AA_PATH_BUFFER, (const void *)name);
+		if (read != length)
+			return 1;
+		struct aa_compare compare = { .which = which, .length = length };
+		bpf_loop(AA_PATH_BUFFER, compare_step, &compare, 0);
+		if (compare.differs)
+			return 1;
+	}
+	return 0;
+}
+
 struct aa_vma_file {
 	__u64 file;
 };
@@ -907,28 +983,17 @@ static long vma_file(struct task_struct *task, struct vm_area_struct *vma, void 
 	return 0;
 }
 
-/* After an exec: the executable, and the ELF interpreter the kernel loaded
- * for it without any syscall (PT_INTERP: a denied file named there would
- * otherwise run). The interpreter is the file mapped at AT_BASE. */
-static __always_inline void check_executed(struct task_struct *task, struct aa_judge *judge)
+/* After an exec: the executable, and the file the process starts running
+ * in, which for a dynamic executable is the ELF interpreter the kernel
+ * loaded without any syscall (PT_INTERP: a denied file named there would
+ * otherwise run). The start address is the user ip the exec left. */
+static __always_inline void check_executed(struct task_struct *task, struct pt_regs *regs,
+					   struct aa_judge *judge)
 {
 	if (judge_file(judge, BPF_CORE_READ(task, mm, exe_file), AA_ACCESS_READ))
 		return;
-	struct mm_struct *mm = task->mm;
-	__u64 base = 0;
-	for (int i = 0; i < 27; i++) {
-		__u64 type = BPF_CORE_READ(mm, saved_auxv[2 * i]);
-		if (type == 0)
-			break;
-		if (type == AA_AT_BASE) {
-			base = BPF_CORE_READ(mm, saved_auxv[2 * i + 1]);
-			break;
-		}
-	}
-	if (!base)
-		return; /* a static executable */
 	struct aa_vma_file found = {};
-	if (bpf_find_vma(task, base, vma_file, &found, 0) == 0 && found.file) {
+	if (bpf_find_vma(task, regs->ip, vma_file, &found, 0) == 0 && found.file) {
 		judge_file(judge, (struct file *)found.file, AA_ACCESS_READ);
 	} else {
 		struct aa_resolved unknown = { .outcome = AA_WALK_FAILED };
@@ -956,11 +1021,9 @@ static __attribute__((noinline)) int check_exit(struct pt_regs *regs, long ret, 
 	if (kind && has_path_rules(&judge)) {
 		struct aa_name_check *check = bpf_task_storage_get(&NAME_CHECK, task, 0, 0);
 		if (check && check->nr == nr && check->seq == mark->guarded) {
-			__u64 hash = 0;
-			aa_hash_user_args(first, second, kind, &hash);
-			if (hash != check->hash)
-				judge.forced = AA_FILE_CHANGED;
 			check->nr = -1;
+			if (aa_user_args_changed(first, second, kind))
+				judge.forced = AA_FILE_CHANGED;
 		}
 	}
 	if (is_open(nr)) {
@@ -970,7 +1033,7 @@ static __attribute__((noinline)) int check_exit(struct pt_regs *regs, long ret, 
 	if (ret != 0)
 		return 0;
 	if (nr == AA_NR_EXECVE || nr == AA_NR_EXECVEAT) {
-		check_executed(task, &judge);
+		check_executed(task, regs, &judge);
 		return 0;
 	}
 	/* The guard read the name at entry; a name in a page not yet faulted in

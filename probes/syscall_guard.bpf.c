@@ -213,16 +213,14 @@ static __attribute__((noinline)) int guard_slow(struct pt_regs *regs, long id, _
 		return 0;
 	__u32 mode = gen->mode;
 
-	/* Names the file probe will read again at exit: remember their bytes. */
+	/* Names the file probe will read again at exit: keep their bytes. */
 	__u64 first, second;
 	int kind = aa_user_args(id, regs, &first, &second);
 	if (kind && aa_has_path_rules(gen)) {
 		struct aa_name_check *check = bpf_task_storage_get(&NAME_CHECK, task, 0,
 								   BPF_LOCAL_STORAGE_GET_F_CREATE);
-		__u64 hash = 0;
-		aa_hash_user_args(first, second, kind, &hash);
 		if (check) {
-			check->hash = hash;
+			aa_keep_user_args(check, first, second, kind);
 			check->seq = mark->guarded;
 			check->nr = id;
 		}

@@ -29,8 +29,8 @@ const SYSCALLS: &str = r#"  syscalls:
 ///
 /// ```text
 /// root/allowed/{file, victim, link -> ../denied, mnt (bind of denied), private/key,
-///               carrier (an ELF whose interpreter is denied/ld.so)}
-/// root/denied/{secret, ld.so}
+///               carrier, carrier-fixed (ELFs whose interpreter is in denied)}
+/// root/denied/{secret, ld.so, fixed-interpreter}
 /// root/writable/deep/d/d/.../d/file (600 levels)
 /// root/extra/file
 /// ```
@@ -116,20 +116,39 @@ impl Tree {
 
 const DEPTH: usize = 600;
 
-/// `allowed/carrier`: a program whose ELF interpreter (PT_INTERP) is a copy
-/// of the system's, placed in `denied`. The kernel loads it without a syscall.
+/// `allowed/carrier` and `allowed/carrier-fixed`: programs whose ELF
+/// interpreter (PT_INTERP) lies in `denied` — a copy of the system's (PIE),
+/// and a static non-PIE program (the kernel then reports no AT_BASE). The
+/// kernel loads an interpreter without any syscall.
 fn build_carrier(root: &Path) {
     let interpreter = root.join("denied/ld.so");
     std::fs::copy("/lib64/ld-linux-x86-64.so.2", &interpreter).expect("copy the ELF interpreter");
     let source = root.join("carrier.c");
     std::fs::write(&source, "int main(void) { return 0; }\n").expect("write carrier.c");
-    let out = Command::new("cc")
-        .arg("-o")
-        .arg(root.join("allowed/carrier"))
-        .arg(format!("-Wl,--dynamic-linker={}", interpreter.display()))
-        .arg(&source)
-        .output()
-        .expect("run cc");
+    let fixed = root.join("denied/fixed-interpreter");
+    cc(&["-static", "-no-pie", "-o"], &fixed, &source, None);
+    cc(
+        &["-o"],
+        &root.join("allowed/carrier"),
+        &source,
+        Some(&interpreter),
+    );
+    cc(
+        &["-o"],
+        &root.join("allowed/carrier-fixed"),
+        &source,
+        Some(&fixed),
+    );
+}
+
+/// `cc FLAGS OUTPUT SOURCE`, with `interpreter` as the program's PT_INTERP.
+fn cc(flags: &[&str], output: &Path, source: &Path, interpreter: Option<&Path>) {
+    let mut command = Command::new("cc");
+    command.args(flags).arg(output).arg(source);
+    if let Some(interpreter) = interpreter {
+        command.arg(format!("-Wl,--dynamic-linker={}", interpreter.display()));
+    }
+    let out = command.output().expect("run cc");
     assert!(
         out.status.success(),
         "{}",
@@ -256,6 +275,11 @@ fn scenarios(tree: &Tree) -> Vec<Scenario> {
             "a program whose ELF interpreter is denied",
             at("allowed/carrier"),
             at("denied/ld.so"),
+        ),
+        killed(
+            "a program whose non-PIE ELF interpreter is denied",
+            at("allowed/carrier-fixed"),
+            at("denied/fixed-interpreter"),
         ),
         killed(
             "rename into a read-only directory",
@@ -457,11 +481,10 @@ fn a_reload_that_removes_a_read_prefix_holds_from_the_moment_it_is_applied() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "extra\n", "read once");
+    // The daemon logs the event a moment after the kill.
+    let denial = format!("denied read of {} (openat)", tree.show("extra/file"));
     assert!(
-        daemon.log().contains(&format!(
-            "denied read of {} (openat)",
-            tree.show("extra/file")
-        )),
+        support::eventually(|| daemon.log().contains(&denial)),
         "{}",
         daemon.log()
     );
