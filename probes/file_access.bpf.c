@@ -837,25 +837,33 @@ static __always_inline void check_opened_file(struct task_struct *task, struct a
 	judge_file(judge, file, need);
 }
 
+/* A device node made where the rules allow would open a device (a disk:
+ * every file on it) by a name the rules allow: under any path rule, a
+ * mknod of a character or block device is denied whatever its name. */
+static __always_inline void mknod_device(struct aa_judge *judge, __u64 mode)
+{
+	__u64 type = mode & AA_S_IFMT;
+	if (has_path_rules(judge) && (type == AA_S_IFCHR || type == AA_S_IFBLK))
+		judge->forced = AA_FILE_DEVICE;
+}
+
 /* Calls that change the file system by name. */
 static __always_inline void check_names(struct aa_judge *judge, struct pt_regs *regs, long nr)
 {
 	const __u32 write = AA_ACCESS_WRITE, both = AA_ACCESS_READ | AA_ACCESS_WRITE;
 	struct task_struct *task = bpf_get_current_task_btf();
+	/* The names come from the table the guard copies them by (NAME_CHECK),
+	 * so what is compared and what is judged are the same arguments. */
+	__u64 first, second;
+	aa_user_args(nr, regs, &first, &second);
 	switch (nr) {
 	case AA_NR_MKNOD:
-		/* A device node made where the rules allow would open a device
-		 * (a disk: every file on it) by a name the rules allow. */
-		if (has_path_rules(judge) && ((regs->si & AA_S_IFMT) == AA_S_IFCHR ||
-					      (regs->si & AA_S_IFMT) == AA_S_IFBLK))
-			judge->forced = AA_FILE_DEVICE;
-		aa_judge_name(judge, AA_AT_FDCWD, regs->di, 0, write);
+		mknod_device(judge, regs->si);
+		aa_judge_name(judge, AA_AT_FDCWD, first, 0, write);
 		break;
 	case AA_NR_MKNODAT:
-		if (has_path_rules(judge) && ((regs->dx & AA_S_IFMT) == AA_S_IFCHR ||
-					      (regs->dx & AA_S_IFMT) == AA_S_IFBLK))
-			judge->forced = AA_FILE_DEVICE;
-		aa_judge_name(judge, (int)regs->di, regs->si, 0, write);
+		mknod_device(judge, regs->dx);
+		aa_judge_name(judge, (int)regs->di, first, 0, write);
 		break;
 	case AA_NR_UNLINK:
 	case AA_NR_RMDIR:
@@ -864,46 +872,44 @@ static __always_inline void check_names(struct aa_judge *judge, struct pt_regs *
 	case AA_NR_CHMOD:
 	case AA_NR_CHOWN:
 	case AA_NR_LCHOWN:
-		aa_judge_name(judge, AA_AT_FDCWD, regs->di, 0, write);
+	case AA_NR_SYMLINK:
+		aa_judge_name(judge, AA_AT_FDCWD, first, 0, write);
 		break;
 	case AA_NR_UNLINKAT:
 	case AA_NR_MKDIRAT:
 	case AA_NR_FCHMODAT:
-		aa_judge_name(judge, (int)regs->di, regs->si, 0, write);
+		aa_judge_name(judge, (int)regs->di, first, 0, write);
 		break;
 	case AA_NR_FCHMODAT2:
-		aa_judge_name(judge, (int)regs->di, regs->si, (int)regs->r10, write);
+		aa_judge_name(judge, (int)regs->di, first, (int)regs->r10, write);
 		break;
 	case AA_NR_FCHOWNAT:
-		aa_judge_name(judge, (int)regs->di, regs->si, (int)regs->r8, write);
+		aa_judge_name(judge, (int)regs->di, first, (int)regs->r8, write);
+		break;
+	case AA_NR_SYMLINKAT:
+		aa_judge_name(judge, (int)regs->si, first, 0, write);
 		break;
 	case AA_NR_FCHMOD:
 	case AA_NR_FCHOWN:
 		judge_file(judge, aa_fd_file(task, (int)regs->di), write);
 		break;
-	case AA_NR_SYMLINK:
-		aa_judge_name(judge, AA_AT_FDCWD, regs->si, 0, write);
-		break;
-	case AA_NR_SYMLINKAT:
-		aa_judge_name(judge, (int)regs->si, regs->dx, 0, write);
-		break;
 	case AA_NR_RENAME:
 	case AA_NR_LINK:
-		if (!aa_judge_name(judge, AA_AT_FDCWD, regs->di, 0, both))
-			aa_judge_name(judge, AA_AT_FDCWD, regs->si, 0, write);
+		if (!aa_judge_name(judge, AA_AT_FDCWD, first, 0, both))
+			aa_judge_name(judge, AA_AT_FDCWD, second, 0, write);
 		break;
 	case AA_NR_RENAMEAT:
-		if (!aa_judge_name(judge, (int)regs->di, regs->si, 0, both))
-			aa_judge_name(judge, (int)regs->dx, regs->r10, 0, write);
+		if (!aa_judge_name(judge, (int)regs->di, first, 0, both))
+			aa_judge_name(judge, (int)regs->dx, second, 0, write);
 		break;
 	case AA_NR_RENAMEAT2:
-		if (!aa_judge_name(judge, (int)regs->di, regs->si, 0, both))
-			aa_judge_name(judge, (int)regs->dx, regs->r10, 0,
+		if (!aa_judge_name(judge, (int)regs->di, first, 0, both))
+			aa_judge_name(judge, (int)regs->dx, second, 0,
 				   (int)regs->r8 & AA_RENAME_EXCHANGE ? both : write);
 		break;
 	case AA_NR_LINKAT:
-		if (!aa_judge_name(judge, (int)regs->di, regs->si, (int)regs->r8, both))
-			aa_judge_name(judge, (int)regs->dx, regs->r10, 0, write);
+		if (!aa_judge_name(judge, (int)regs->di, first, (int)regs->r8, both))
+			aa_judge_name(judge, (int)regs->dx, second, 0, write);
 		break;
 	}
 }
