@@ -24,7 +24,7 @@
 #include <bpf/bpf_core_read.h>
 #include "aa_kernel.h"
 
-#define AA_ABI_VERSION 4
+#define AA_ABI_VERSION 5
 
 #define AA_MODE_ENFORCE 0
 #define AA_MODE_AUDIT 1
@@ -68,6 +68,11 @@
 #define AA_NET_PROTOCOL 3
 #define AA_NET_ROUTING_OPTION 4 /* setsockopt; detail: level << 16 | optname */
 #define AA_NET_ROUTING_PACKET 5 /* an outgoing packet with IPv4 options or an IPv6 routing header */
+
+/* aa_generation.egress_restricted */
+#define AA_EGRESS_UNRESTRICTED 0
+#define AA_EGRESS_ALLOWLIST 1
+#define AA_EGRESS_HOSTS 2 /* allowlist with host names: DNS goes to the daemon's resolver */
 
 #define AA_ACCESS_READ 1
 #define AA_ACCESS_WRITE 2
@@ -158,7 +163,7 @@ struct aa_generation {
 	__u64 generation;          /* monotonically increasing, for status */
 	__u32 mode;                /* AA_MODE_* */
 	__u32 syscalls_restricted; /* 0: every syscall allowed */
-	__u32 egress_restricted;   /* 0: every destination allowed */
+	__u32 egress_restricted;   /* AA_EGRESS_*: 0 = every destination allowed */
 	__u32 read_restricted;     /* 0: reads limited by deny rules only */
 	__u32 write_restricted;
 	__u32 path_denies;         /* AA_ACCESS_* bits that some filesystem.deny rule covers */
@@ -373,6 +378,62 @@ struct {
 	__type(key, int);
 	__type(value, __u32);
 } SOCKET_MARK SEC(".maps");
+
+/* LEARNED4/LEARNED6: addresses the daemon's resolver answered for a host
+ * name the policy allows, with the port of the host rule (network order,
+ * 0 = any port). Valid while `expires_ns` (CLOCK_BOOTTIME) is ahead and the
+ * active generation has host rules; the kernel refuses an expired entry by
+ * itself, so a stalled or killed daemon cannot keep one alive. */
+struct aa_learned4_key {
+	__u8 addr[4];
+	__u16 port;
+	__u16 _pad;
+};
+
+struct aa_learned6_key {
+	__u8 addr[16];
+	__u16 port;
+	__u16 _pad;
+};
+
+struct aa_learned_value {
+	__u64 expires_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct aa_learned4_key);
+	__type(value, struct aa_learned_value);
+} LEARNED4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct aa_learned6_key);
+	__type(value, struct aa_learned_value);
+} LEARNED6 SEC(".maps");
+
+/* RESOLVER[0]: where the daemon's resolver listens (127.0.0.1:port4 and
+ * [::1]:port6, network order; 0 = not listening) and the network namespace
+ * it listens in. DNS of a confined task in another namespace is not
+ * redirected (loopback there is not the daemon's), so it meets the egress
+ * allowlist and fails closed. */
+struct aa_resolver {
+	__u16 port4;
+	__u16 port6;
+	__u32 _pad;
+	__u64 netns_cookie;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct aa_resolver);
+} RESOLVER SEC(".maps");
 
 /* NAME_CHECK: for a confined task in a call the file probe judges by bytes
  * it reads from the task's memory (names, openat2's flags), those bytes as

@@ -40,6 +40,8 @@ int main(void)
 	SIZE(aa_event); OFF(aa_event, syscall_nr); OFF(aa_event, compat); OFF(aa_event, family);
 	OFF(aa_event, port); OFF(aa_event, addr); OFF(aa_event, comm); OFF(aa_event, path);
 	OFF(aa_event, reason); OFF(aa_event, detail);
+	SIZE(aa_learned4_key); OFF(aa_learned4_key, port); SIZE(aa_learned6_key); OFF(aa_learned6_key, port);
+	SIZE(aa_learned_value); SIZE(aa_resolver); OFF(aa_resolver, port6); OFF(aa_resolver, netns_cookie);
 	return 0;
 }
 C

@@ -16,6 +16,16 @@
  * tries the real port, then port 0 (any port). If the longest match does not
  * exist in the active slot, the search continues below its prefix length,
  * so a narrower rule of another generation never hides a wider one.
+ *
+ * Host names (a generation with AA_EGRESS_HOSTS): a confined task's DNS
+ * (destination port 53, UDP or TCP, v4, v6 or v4-mapped) is sent to the
+ * daemon's resolver on loopback instead, which answers only names the
+ * policy allows and writes each answered address into LEARNED4/6 before it
+ * replies; those addresses then pass like rules until they expire. The
+ * original server is kept with the socket (DNS_ORIGIN) and put back as the
+ * source of the answers (recvmsg) and as the peer (getpeername), because
+ * resolver libraries such as musl and c-ares drop answers from an address
+ * they did not ask.
  */
 #include "aa_policy.h"
 #include <bpf/bpf_endian.h>
@@ -55,6 +65,147 @@ static __always_inline int egress6_match(__u16 port, const __u32 addr[4], __u32 
 		key.prefixlen = value->prefixlen - 1;
 	}
 	return 0;
+}
+
+/* The server a redirected DNS socket asked, as the task wrote it. */
+struct aa_dns_origin {
+	__u32 family;
+	__u16 port;
+	__u16 _pad;
+	__u32 addr[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct aa_dns_origin);
+} DNS_ORIGIN SEC(".maps");
+
+#define AA_LOOPBACK4 0x7f000001
+
+static __always_inline int is_v4_mapped(const __u32 addr[4])
+{
+	return addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff);
+}
+
+/* Whether an address the daemon's resolver answered allows this
+ * destination now: the port of a host rule, or any port. */
+static __always_inline int learned4_match(__u16 port, __u32 addr)
+{
+	struct aa_learned4_key key = { .port = port };
+	__builtin_memcpy(key.addr, &addr, sizeof(addr));
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct aa_learned_value *value = bpf_map_lookup_elem(&LEARNED4, &key);
+	if (value && now < value->expires_ns)
+		return 1;
+	key.port = 0;
+	value = bpf_map_lookup_elem(&LEARNED4, &key);
+	return value && now < value->expires_ns;
+}
+
+static __always_inline int learned6_match(__u16 port, const __u32 addr[4])
+{
+	struct aa_learned6_key key = { .port = port };
+	__builtin_memcpy(key.addr, addr, 16);
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct aa_learned_value *value = bpf_map_lookup_elem(&LEARNED6, &key);
+	if (value && now < value->expires_ns)
+		return 1;
+	key.port = 0;
+	value = bpf_map_lookup_elem(&LEARNED6, &key);
+	return value && now < value->expires_ns;
+}
+
+/* Sends a confined task's DNS query to the daemon's resolver. Returns 1
+ * when the destination was rewritten. Not redirected (and so judged by the
+ * allowlist like any destination): sockets bound to a device (the rewritten
+ * packet would leave through it), tasks in another network namespace than
+ * the resolver's, and anything while no resolver listens. */
+static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, int family)
+{
+	if (ctx->user_port != bpf_htons(53))
+		return 0;
+	__u32 zero = 0;
+	struct aa_resolver *resolver = bpf_map_lookup_elem(&RESOLVER, &zero);
+	if (!resolver || !resolver->port4)
+		return 0;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || sk->bound_dev_if)
+		return 0;
+	if (bpf_get_netns_cookie(ctx) != resolver->netns_cookie)
+		return 0;
+	__u32 addr[4] = {};
+	if (family == AF_INET) {
+		addr[0] = ctx->user_ip4;
+	} else {
+		addr[0] = ctx->user_ip6[0];
+		addr[1] = ctx->user_ip6[1];
+		addr[2] = ctx->user_ip6[2];
+		addr[3] = ctx->user_ip6[3];
+	}
+	int mapped = family == AF_INET6 && is_v4_mapped(addr);
+	if (family == AF_INET6 && !mapped && !resolver->port6)
+		return 0;
+	struct aa_dns_origin *origin =
+		bpf_sk_storage_get(&DNS_ORIGIN, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!origin)
+		return 0;
+	origin->family = family;
+	origin->port = (__u16)ctx->user_port;
+	__builtin_memcpy(origin->addr, addr, sizeof(addr));
+	if (family == AF_INET) {
+		ctx->user_ip4 = bpf_htonl(AA_LOOPBACK4);
+		ctx->user_port = resolver->port4;
+	} else if (mapped) {
+		ctx->user_ip6[3] = bpf_htonl(AA_LOOPBACK4);
+		ctx->user_port = resolver->port4;
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+		ctx->user_port = resolver->port6;
+	}
+	return 1;
+}
+
+/* On a socket whose DNS was redirected, shows the resolver's address as the
+ * server the task asked (answers received, and the peer name). */
+static __always_inline void restore_dns_origin(struct bpf_sock_addr *ctx, int family)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return;
+	struct aa_dns_origin *origin = bpf_sk_storage_get(&DNS_ORIGIN, sk, 0, 0);
+	if (!origin)
+		return;
+	__u32 zero = 0;
+	struct aa_resolver *resolver = bpf_map_lookup_elem(&RESOLVER, &zero);
+	if (!resolver)
+		return;
+	if (family == AF_INET) {
+		if (origin->family != AF_INET || ctx->user_ip4 != bpf_htonl(AA_LOOPBACK4) ||
+		    ctx->user_port != resolver->port4)
+			return;
+		ctx->user_ip4 = origin->addr[0];
+		ctx->user_port = origin->port;
+		return;
+	}
+	if (origin->family != AF_INET6)
+		return;
+	__u32 source[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+	int from_v4 = is_v4_mapped(source) && source[3] == bpf_htonl(AA_LOOPBACK4) &&
+		      ctx->user_port == resolver->port4;
+	int from_v6 = source[0] == 0 && source[1] == 0 && source[2] == 0 && source[3] == bpf_htonl(1) &&
+		      resolver->port6 && ctx->user_port == resolver->port6;
+	if (!from_v4 && !from_v6)
+		return;
+	ctx->user_ip6[0] = origin->addr[0];
+	ctx->user_ip6[1] = origin->addr[1];
+	ctx->user_ip6[2] = origin->addr[2];
+	ctx->user_ip6[3] = origin->addr[3];
+	ctx->user_port = origin->port;
 }
 
 /* Marks a socket as used by a confined task, so that its packets are
@@ -102,13 +253,17 @@ static __always_inline int egress_check(struct bpf_sock_addr *ctx, int family)
 	struct aa_generation *gen = bpf_map_lookup_elem(&GENERATIONS, &slot);
 	if (!gen || !gen->egress_restricted)
 		return 1;
+	int hosts = gen->egress_restricted == AA_EGRESS_HOSTS;
+	if (hosts && redirect_dns(ctx, family))
+		return 1;
 
 	__u16 port = (__u16)ctx->user_port;
 	__u32 addr6[4];
 	int allowed;
 	if (family == AF_INET) {
 		__u32 addr = ctx->user_ip4;
-		allowed = egress4_match(port, addr, slot) || egress4_match(0, addr, slot);
+		allowed = egress4_match(port, addr, slot) || egress4_match(0, addr, slot) ||
+			  (hosts && learned4_match(port, addr));
 		addr6[0] = addr;
 	} else {
 		addr6[0] = ctx->user_ip6[0];
@@ -116,10 +271,12 @@ static __always_inline int egress_check(struct bpf_sock_addr *ctx, int family)
 		addr6[2] = ctx->user_ip6[2];
 		addr6[3] = ctx->user_ip6[3];
 		/* ::ffff:a.b.c.d reaches an IPv4 destination: judge it as one. */
-		if (addr6[0] == 0 && addr6[1] == 0 && addr6[2] == bpf_htonl(0xffff))
-			allowed = egress4_match(port, addr6[3], slot) || egress4_match(0, addr6[3], slot);
+		if (is_v4_mapped(addr6))
+			allowed = egress4_match(port, addr6[3], slot) || egress4_match(0, addr6[3], slot) ||
+				  (hosts && learned4_match(port, addr6[3]));
 		else
-			allowed = egress6_match(port, addr6, slot) || egress6_match(0, addr6, slot);
+			allowed = egress6_match(port, addr6, slot) || egress6_match(0, addr6, slot) ||
+				  (hosts && learned6_match(port, addr6));
 	}
 	if (allowed)
 		return 1;
@@ -160,6 +317,34 @@ SEC("cgroup/sendmsg6")
 int egress_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return egress_check(ctx, AF_INET6);
+}
+
+SEC("cgroup/recvmsg4")
+int dns_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	restore_dns_origin(ctx, AF_INET);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int dns_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	restore_dns_origin(ctx, AF_INET6);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int dns_peername4(struct bpf_sock_addr *ctx)
+{
+	restore_dns_origin(ctx, AF_INET);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int dns_peername6(struct bpf_sock_addr *ctx)
+{
+	restore_dns_origin(ctx, AF_INET6);
+	return 1;
 }
 
 /* Socket creation (inet and inet6 only: other families never reach it). */

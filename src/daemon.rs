@@ -17,6 +17,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::server::{self, BindError, ServerContext, SocketClaim};
 use crate::control::wire::WireEvent;
+use crate::dns::resolver::ResolverSockets;
+use crate::dns::{DnsDenial, DnsEgress, DnsOptions};
 use crate::events::{self, DenialCounter, EventKind, RateLimitedLog};
 use crate::lifecycle;
 use crate::loader::LoaderError;
@@ -34,6 +36,8 @@ pub struct RunOptions {
     pub watch: bool,
     /// The slow periodic hash check.
     pub periodic_check: Duration,
+    /// DNS-aware egress: upstream servers and TTL floor.
+    pub dns: DnsOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +69,19 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
     let claim = SocketClaim::take(&options.socket)?;
     let mut loader = KernelLoader::open(&options.pin_dir)?;
     let ring = loader.take_events();
-    let mut reconciler = Reconciler::new(loader, &options.policy, options.watch)?;
+    let (events, _) = broadcast::channel(SUBSCRIBER_BACKLOG);
+    let denials = Arc::new(DenialCounter::default());
+    let dns = Arc::new(DnsEgress::open(
+        &options.pin_dir,
+        options.dns.clone(),
+        denial_reporter(events.clone(), Arc::clone(&denials)),
+    )?);
+    // Bound before the first generation can redirect DNS to it.
+    let resolver = ResolverSockets::bind(&dns).map_err(|source| DaemonError::Io {
+        context: "binding the DNS resolver on loopback",
+        source,
+    })?;
+    let mut reconciler = Reconciler::new(loader, &options.policy, options.watch, Arc::clone(&dns))?;
     // The watch exists before the startup read: a save made while the
     // daemon starts queues a reload instead of waiting for the periodic check.
     let (commands, queue) = mpsc::unbounded_channel();
@@ -95,8 +111,6 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
         })?
     };
 
-    let (events, _) = broadcast::channel(SUBSCRIBER_BACKLOG);
-    let denials = Arc::new(DenialCounter::default());
     let loop_thread = std::thread::Builder::new()
         .name("reconcile".into())
         .spawn(move || reconciler.run(queue))
@@ -131,6 +145,7 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
         status,
         events,
         denials,
+        (resolver, dns),
     ));
     lifecycle::stopping();
     let (reply, done) = oneshot::channel();
@@ -149,6 +164,7 @@ async fn serve_until_signalled(
     status: Arc<arc_swap::ArcSwap<crate::control::wire::StatusReport>>,
     events: broadcast::Sender<WireEvent>,
     denials: Arc<DenialCounter>,
+    (resolver, dns): (ResolverSockets, Arc<DnsEgress>),
 ) -> Result<(), DaemonError> {
     let signal_err = |source| DaemonError::Io {
         context: "installing signal handlers",
@@ -166,6 +182,7 @@ async fn serve_until_signalled(
         marks: MarkReader::open(&options.pin_dir)?,
         connections: std::sync::atomic::AtomicUsize::new(0),
         denials,
+        dns: Arc::clone(&dns),
     });
     let summary = {
         let status = status.load();
@@ -183,6 +200,7 @@ async fn serve_until_signalled(
     );
     lifecycle::ready(&summary);
     let server = tokio::spawn(server::serve(listener, context));
+    let resolver = tokio::spawn(resolver.serve(Arc::clone(&dns)));
     loop {
         tokio::select! {
             _ = hangup.recv() => {
@@ -194,6 +212,12 @@ async fn serve_until_signalled(
         }
     }
     server.abort();
+    resolver.abort();
+    // Confined DNS then meets the egress allowlist (and fails closed)
+    // instead of a port nobody answers on.
+    if let Err(error) = dns.set_resolver(0, 0, 0) {
+        tracing::warn!("could not withdraw the DNS resolver: {error}");
+    }
     drop(claim); // removes the socket, if it is still ours
     Ok(())
 }
@@ -240,6 +264,24 @@ fn read_events(
         // The timeout lets suppressed counts flush during a quiet spell.
         events::wait_readable(&ring, 500);
     }
+}
+
+/// Logs a denied DNS query and passes it on like a probe event.
+fn denial_reporter(
+    events: broadcast::Sender<WireEvent>,
+    denials: Arc<DenialCounter>,
+) -> Box<dyn Fn(&DnsDenial) + Send + Sync> {
+    Box::new(move |denial| {
+        denial.log();
+        denials.count_dns();
+        let _ = events.send(WireEvent {
+            kind: "denied_dns".to_owned(),
+            pid: 0,
+            comm: String::new(),
+            mode: denial.mode,
+            message: denial.to_string(),
+        });
+    })
 }
 
 /// Whether a daemon answers on `socket`.

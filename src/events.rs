@@ -573,6 +573,7 @@ pub struct DenialCounter {
     syscall: AtomicU64,
     egress: AtomicU64,
     file: AtomicU64,
+    dns: AtomicU64,
 }
 
 impl DenialCounter {
@@ -586,11 +587,17 @@ impl DenialCounter {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A query the resolver refused (or reported, in audit mode).
+    pub fn count_dns(&self) {
+        self.dns.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> DenialCounts {
         DenialCounts {
             syscall: self.syscall.load(Ordering::Relaxed),
             egress: self.egress.load(Ordering::Relaxed),
             file: self.file.load(Ordering::Relaxed),
+            dns: self.dns.load(Ordering::Relaxed),
         }
     }
 }

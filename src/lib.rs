@@ -9,6 +9,7 @@
 pub mod control;
 pub mod daemon;
 pub mod delta;
+pub mod dns;
 pub mod events;
 pub mod fault;
 pub mod guard;

@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use crate::policy::{Capability, NetworkEntry, Policy, SyscallToken};
 use crate::ruleset::{
-    Access, Arch, EgressMode, EgressRule, EgressRules, PathPrefix, PathRuleKey, PathRules,
-    Restriction, RuleSet, SyscallRule, SyscallSet, Verdict,
+    Access, Arch, EgressMode, EgressRule, EgressRules, HostRule, PathPrefix, PathRuleKey,
+    PathRules, Restriction, RuleSet, SyscallRule, SyscallSet, Verdict,
 };
 
 /// Paths nobody confined should write to when the policy denies
@@ -52,6 +52,9 @@ pub struct NotLowered {
 pub struct Lowered {
     pub arch: Arch,
     pub rules: RuleSet,
+    /// The allowlist's host names, enforced by DNS-aware egress (`dns`):
+    /// non-empty exactly when `rules.egress.mode` is `AllowlistAndHosts`.
+    pub hosts: BTreeSet<HostRule>,
     pub not_lowered: Vec<NotLowered>,
     pub warnings: Vec<String>,
     /// What the file uses that upstream Agent Assembly does not define.
@@ -78,8 +81,8 @@ pub fn lower(policy: &Policy, arch: Arch) -> Lowered {
         .is_some_and(|deny| deny.iter().any(Capability::implies_write_floor));
     let paths = lower_paths(policy, write_floor, &mut not_lowered);
 
-    let egress = match &spec.network {
-        None => EgressRules::default(),
+    let (egress, hosts) = match &spec.network {
+        None => (EgressRules::default(), BTreeSet::new()),
         Some(section) => lower_egress(&section.allowlist, &mut not_lowered),
     };
 
@@ -96,6 +99,7 @@ pub fn lower(policy: &Policy, arch: Arch) -> Lowered {
     Lowered {
         arch,
         rules,
+        hosts,
         not_lowered,
         warnings,
         extensions: policy.extensions(),
@@ -127,7 +131,10 @@ pub fn enforced_defaults(rules: &RuleSet, arch: Arch) -> Vec<String> {
                 .to_owned(),
         );
     }
-    if rules.egress.mode == EgressMode::Allowlist {
+    if rules.egress.mode == EgressMode::AllowlistAndHosts {
+        defaults.push("DNS of confined processes (port 53, UDP and TCP, to any server) is answered by the daemon's resolver, which refuses names the allowlist does not name".to_owned());
+    }
+    if rules.egress.mode.restricts() {
         defaults.push("under the egress allowlist, also refused because the allowlist cannot judge them: socket families other than unix, inet, inet6 and netlink (packet, vsock, ...); raw and ICMP (ping) sockets; transport protocols other than TCP, UDP, UDP-Lite and MPTCP; IPv4 options (source routing) and IPv6 routing headers, by setsockopt or ancillary data".to_owned());
     }
     defaults
@@ -235,7 +242,10 @@ fn covering<'a>(prefix: &PathPrefix, set: &'a BTreeSet<PathPrefix>) -> Option<&'
         .find_map(|candidate| set.get(candidate))
 }
 
-fn lower_egress(entries: &[NetworkEntry], not_lowered: &mut Vec<NotLowered>) -> EgressRules {
+fn lower_egress(
+    entries: &[NetworkEntry],
+    not_lowered: &mut Vec<NotLowered>,
+) -> (EgressRules, BTreeSet<HostRule>) {
     if entries.contains(&NetworkEntry::AnyHost) {
         // `*` allows every host, as upstream's gateway reads it: nothing
         // is left for the kernel to restrict, and every other entry is moot.
@@ -248,7 +258,7 @@ fn lower_egress(entries: &[NetworkEntry], not_lowered: &mut Vec<NotLowered>) -> 
                     why: "covered by `*`, which allows every destination".into(),
                 }),
         );
-        return EgressRules::default();
+        return (EgressRules::default(), BTreeSet::new());
     }
     let mut rules = BTreeSet::new();
     let mut hosts = BTreeSet::new();
@@ -257,19 +267,25 @@ fn lower_egress(entries: &[NetworkEntry], not_lowered: &mut Vec<NotLowered>) -> 
             NetworkEntry::Address(rule) => {
                 rules.insert(*rule);
             }
-            NetworkEntry::Host { .. } | NetworkEntry::AnyHost => {
-                hosts.insert(entry.to_string());
+            NetworkEntry::Host { pattern, port } => {
+                hosts.insert(HostRule {
+                    pattern: pattern.clone(),
+                    port: *port,
+                });
             }
+            NetworkEntry::AnyHost => {}
         }
     }
-    not_lowered.extend(hosts.into_iter().map(|host| NotLowered {
-        what: format!("network.allowlist: {host}"),
-        why: "host names are matched by the L7 gateway; the kernel sees only addresses".into(),
-    }));
-    EgressRules {
-        mode: EgressMode::Allowlist,
+    let mode = if hosts.is_empty() {
+        EgressMode::Allowlist
+    } else {
+        EgressMode::AllowlistAndHosts
+    };
+    let rules = EgressRules {
+        mode,
         rules: prune_covered_egress(rules),
-    }
+    };
+    (rules, hosts)
 }
 
 /// Drops rules another rule already covers. Checks only the prefix lengths
@@ -357,7 +373,8 @@ fn warnings_for(rules: &RuleSet, arch: Arch) -> Vec<String> {
     }
     warnings.extend(movable_denies(&rules.paths));
     if rules.egress.mode == EgressMode::Allowlist && rules.egress.rules.is_empty() {
-        warnings.push("network.allowlist has no IP address or network: confined processes can connect nowhere (host names need the L7 gateway)".to_owned());
+        warnings
+            .push("network.allowlist is empty: confined processes can connect nowhere".to_owned());
     }
     warnings
 }

@@ -15,6 +15,7 @@
 //! - An empty allowlist under a confined process is refused here and again
 //!   in the loader (invariant 1).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,14 +28,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::wire::{
     DeltaSource, DenialCounts, HookStatus, Outcome, ProbeFaults, ReloadRecord, StatusReport,
 };
-use crate::delta::{Delta, diff};
+use crate::delta::{Delta, Op, diff};
+use crate::dns::DnsEgress;
 use crate::guard;
 use crate::lifecycle;
 use crate::loader::kernel::KernelLoader;
 use crate::loader::{Loader, LoaderError, PolicyDigest};
 use crate::lower::{RuleCounts, lower};
 use crate::policy::Policy;
-use crate::ruleset::{Arch, RuleSet};
+use crate::ruleset::{Arch, EgressMode, HostRule, RuleSet};
 
 /// Why a reload was started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +136,17 @@ pub struct Reconciler {
     last_reload: Option<ReloadRecord>,
     status: Arc<ArcSwap<StatusReport>>,
     watching: bool,
+    dns: Arc<DnsEgress>,
+    /// The host rules of the policy this daemon applied (`None` before the
+    /// first apply: the kernel does not record them).
+    hosts: Option<BTreeSet<HostRule>>,
+}
+
+/// What a reload asks for: the kernel rules, and the host names the
+/// resolver allows (which the kernel does not hold).
+struct Desired {
+    rules: RuleSet,
+    hosts: BTreeSet<HostRule>,
 }
 
 /// Why the daemon could not start.
@@ -176,6 +189,7 @@ impl Reconciler {
         loader: KernelLoader,
         policy_path: &Path,
         watching: bool,
+        dns: Arc<DnsEgress>,
     ) -> Result<Self, LoaderError> {
         let mut loader = loader;
         let applied = loader.applied()?;
@@ -195,6 +209,9 @@ impl Reconciler {
             denials: DenialCounts::default(),
             probe_faults: ProbeFaults::default(),
             watching,
+            learned_addresses: 0,
+            dns_answers: 0,
+            dns_map_writes: 0,
         }));
         Ok(Reconciler {
             loader,
@@ -209,6 +226,8 @@ impl Reconciler {
             last_reload: None,
             status,
             watching,
+            dns,
+            hosts: None,
         })
     }
 
@@ -404,7 +423,11 @@ impl Reconciler {
                     tracing::warn!(policy_path = %self.policy_path.display(), "policy: {warning}");
                 }
                 let text = String::from_utf8_lossy(&bytes).into_owned();
-                let desired = lower(&policy, Arch::native()).rules;
+                let lowered = lower(&policy, Arch::native());
+                let desired = Desired {
+                    rules: lowered.rules,
+                    hosts: lowered.hosts,
+                };
                 self.apply_desired(trigger, started, desired, GoodPolicy { sha256, text })
             }
             // The error already reads `file:line:col: key.path: message`.
@@ -438,7 +461,15 @@ impl Reconciler {
             sha256: source.sha256,
             text: source.text,
         };
-        let desired = crate::delta::apply(&applied.rules, &delta);
+        // The host names travel as policy text: the kernel holds only
+        // whether there are any. Text that does not parse names none.
+        let hosts = Policy::parse_bytes(good.text.as_bytes(), &self.policy_path)
+            .map(|policy| lower(&policy, Arch::native()).hosts)
+            .unwrap_or_default();
+        let desired = Desired {
+            rules: crate::delta::apply(&applied.rules, &delta),
+            hosts,
+        };
         let record = self.apply_desired_on(
             Trigger::Remote,
             started,
@@ -455,7 +486,7 @@ impl Reconciler {
         &mut self,
         trigger: Trigger,
         started: Instant,
-        desired: RuleSet,
+        desired: Desired,
         good: GoodPolicy,
     ) -> ReloadRecord {
         match self.loader.applied() {
@@ -477,12 +508,26 @@ impl Reconciler {
         started: Instant,
         applied: &RuleSet,
         generation: u64,
-        desired: RuleSet,
+        desired: Desired,
         good: GoodPolicy,
     ) -> ReloadRecord {
         self.rules = applied.clone();
         self.generation = generation;
-        let delta = diff(applied, &desired);
+        let Desired {
+            rules: desired,
+            hosts,
+        } = desired;
+        let hosts = if desired.egress.mode == EgressMode::AllowlistAndHosts {
+            hosts
+        } else {
+            BTreeSet::new()
+        };
+        let mut delta = diff(applied, &desired);
+        if delta.is_empty() && self.hosts.as_ref().is_some_and(|old| *old != hosts) {
+            // Only host names changed: still a new generation, recorded
+            // with the new policy's digest, so `applied` means it is in force.
+            delta.ops.push(Op::SetEgressMode(desired.egress.mode));
+        }
         let confined = match self.loader.confined() {
             Ok(confined) => confined,
             Err(error) => {
@@ -507,9 +552,34 @@ impl Reconciler {
         if delta.is_empty() {
             let text_diff = self.text_diff(&good.text);
             self.good = Some(good);
+            self.dns.commit(hosts.clone(), desired.mode);
+            self.hosts = Some(hosts);
             return self.finish(trigger, started, Outcome::Unchanged, None, 0, 0, text_diff);
         }
-        match self.loader.apply(&delta, digest_of_hex(&good.sha256)) {
+        // Addresses of host names the new policy drops go before it is in
+        // force, so none is reachable under it even for a moment.
+        if let Err(error) = self.dns.prepare(&hosts) {
+            return self.fail(
+                trigger,
+                started,
+                Outcome::Failed,
+                format!("removing learned egress addresses: {error}"),
+                delta.len(),
+            );
+        }
+        let result = self.loader.apply(&delta, digest_of_hex(&good.sha256));
+        match &result {
+            Ok(_) => {
+                self.dns.commit(hosts.clone(), desired.mode);
+                self.hosts = Some(hosts);
+            }
+            // The previous generation stays: so do its host names (the
+            // addresses `prepare` removed are learned again when asked).
+            Err(_) => self
+                .dns
+                .commit(self.hosts.clone().unwrap_or_default(), self.rules.mode),
+        }
+        match result {
             Ok(report) => {
                 let text_diff = self.text_diff(&good.text);
                 self.good = Some(good);
@@ -691,6 +761,9 @@ impl Reconciler {
                 unguarded_exit: counters.unguarded_exit,
             },
             watching: self.watching,
+            learned_addresses: 0,
+            dns_answers: 0,
+            dns_map_writes: 0,
         }));
     }
 }

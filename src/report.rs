@@ -19,6 +19,13 @@ pub fn lowered_json(lowered: &Lowered) -> Value {
     value["warnings"] = json!(lowered.warnings);
     value["extensions"] = json!(lowered.extensions);
     value["enforced_defaults"] = json!(lowered.enforced_defaults);
+    value["dns_hosts"] = json!(
+        lowered
+            .hosts
+            .iter()
+            .map(|host| json!({ "pattern": host.pattern, "port": host.port }))
+            .collect::<Vec<_>>()
+    );
     value
 }
 
@@ -92,7 +99,17 @@ pub fn summary_lines(lowered: &Lowered) -> Vec<String> {
             "network:    egress allowlist of {}",
             plural(rules.egress.rules.len(), "kernel rule", "kernel rules")
         ),
+        EgressMode::AllowlistAndHosts => format!(
+            "network:    egress allowlist of {} and {} (DNS-aware egress)",
+            plural(rules.egress.rules.len(), "kernel rule", "kernel rules"),
+            plural(lowered.hosts.len(), "host name", "host names")
+        ),
     });
+    for host in &lowered.hosts {
+        lines.push(format!(
+            "enforced by DNS-aware egress: network.allowlist: {host} (confined DNS is answered by the daemon's resolver; the addresses it answers for this name are allowed until their TTL runs out)"
+        ));
+    }
     for item in &lowered.not_lowered {
         lines.push(format!("not lowered: {}: {}", item.what, item.why));
     }
@@ -149,6 +166,7 @@ pub fn op_line(op: &Op, applied: &RuleSet) -> String {
             match mode {
                 EgressMode::Unrestricted => "unrestricted",
                 EgressMode::Allowlist => "allowlist",
+                EgressMode::AllowlistAndHosts => "allowlist+hosts",
             }
         ),
         Op::RemoveEgressRule(rule) => format!("egress - {rule}"),

@@ -520,6 +520,51 @@ pub enum EgressMode {
     Unrestricted,
     /// Only destinations matching an `EgressRule` are reachable.
     Allowlist,
+    /// The allowlist also names hosts: confined processes' DNS goes to the
+    /// daemon's resolver, and the addresses it answers for an allowed name
+    /// are reachable too (see `dns`).
+    #[serde(rename = "allowlist+hosts")]
+    AllowlistAndHosts,
+}
+
+impl EgressMode {
+    /// Whether confined processes may reach only some destinations.
+    pub fn restricts(self) -> bool {
+        self != EgressMode::Unrestricted
+    }
+}
+
+/// An allowlisted host name, matched as upstream's gateway matches it:
+/// exact and case-insensitive, `*.suffix` for any name with at least one
+/// more label. `port: None` allows every port of the host's addresses.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostRule {
+    /// Lower case, without a trailing dot.
+    pub pattern: String,
+    pub port: Option<u16>,
+}
+
+impl HostRule {
+    /// Whether `name` (lower case, no trailing dot) is one this rule allows.
+    pub fn matches(&self, name: &str) -> bool {
+        match self.pattern.strip_prefix("*.") {
+            Some(suffix) => {
+                name.len() > suffix.len() + 1
+                    && name.ends_with(suffix)
+                    && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+            }
+            None => self.pattern == name,
+        }
+    }
+}
+
+impl fmt::Display for HostRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.pattern),
+            None => f.write_str(&self.pattern),
+        }
+    }
 }
 
 /// The egress part of a rule set. In `Unrestricted` mode `rules` is empty.

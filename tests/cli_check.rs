@@ -518,3 +518,45 @@ fn check_warns_about_deny_rules_a_rename_can_move_and_about_io_uring() {
     let stdout = String::from_utf8_lossy(&check(&default, &[]).stdout).into_owned();
     assert!(!stdout.contains("warning"), "{stdout}");
 }
+
+#[test]
+fn check_says_which_host_names_dns_aware_egress_enforces() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "network:\n  allowlist: [10.0.0.0/8, api.openai.com, \"*.Anthropic.com:443\"]\n",
+    )
+    .expect("write policy");
+    let out = check(&policy, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for host in ["api.openai.com", "*.anthropic.com:443"] {
+        assert!(
+            stdout.contains(&format!(
+                "enforced by DNS-aware egress: network.allowlist: {host} "
+            )),
+            "{host}: {stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("not lowered: network.allowlist"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 kernel rule and 2 host names"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&check(&policy, &["--json"]).stdout).expect("valid JSON");
+    assert_eq!(json["egress"]["mode"], "allowlist+hosts");
+    assert_eq!(json["dns_hosts"][0]["pattern"], "*.anthropic.com");
+    assert_eq!(json["dns_hosts"][0]["port"], 443);
+
+    // `*` lifts the restriction: nothing to resolve for.
+    std::fs::write(&policy, "network:\n  allowlist: [\"*\", api.openai.com]\n")
+        .expect("write policy");
+    let stdout = String::from_utf8_lossy(&check(&policy, &[]).stdout).into_owned();
+    assert!(stdout.contains("egress unrestricted"), "{stdout}");
+    assert!(!stdout.contains("enforced by DNS-aware egress"), "{stdout}");
+}

@@ -529,7 +529,11 @@ fn removing_the_pins_detaches_nothing_and_the_daemon_puts_them_back() {
         other => panic!("confine: {other:?}"),
     }
     let before = daemon.status();
-    assert_eq!(before.hooks.len(), 14, "every hook attached: {before:#?}");
+    assert_eq!(
+        before.hooks.len(),
+        aa_policyd::loader::kernel::HOOK_COUNT,
+        "every hook attached: {before:#?}"
+    );
     let pins = aa_policyd::loader::kernel::PinLayout::new(&daemon.pin_dir);
     // A confined root process removes the guard's and egress's pins: it
     // is killed at its first unlink (which, a tripwire, may have run).
@@ -636,7 +640,7 @@ fn removing_the_pins_detaches_nothing_and_the_daemon_puts_them_back() {
     };
     let detached_id = old_link(&before);
     daemon.wait_for("the hook attached anew", |s| {
-        s.hooks.len() == 14
+        s.hooks.len() == aa_policyd::loader::kernel::HOOK_COUNT
             && s.hooks.iter().all(|h| h.attached && h.pinned)
             && old_link(s) != detached_id
     });

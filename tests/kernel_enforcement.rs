@@ -465,7 +465,11 @@ fn enforcement_survives_the_loader_and_a_new_loader_adopts_without_attaching_twi
         &format!("read x < {}; echo after", fifo.display()),
     ]);
     let links_before = t.loader().attached_links().expect("links");
-    assert_eq!(links_before.len(), 14, "fourteen hooks attached");
+    assert_eq!(
+        links_before.len(),
+        aa_policyd::loader::kernel::HOOK_COUNT,
+        "every hook attached"
+    );
     let generation = t.loader().applied().expect("applied").generation;
 
     // The loader goes away, every fd closed, as when its process exits; a
@@ -490,7 +494,11 @@ fn enforcement_survives_the_loader_and_a_new_loader_adopts_without_attaching_twi
         .filter_map(Result::ok)
         .filter(|link| attached_programs.contains(&link.program_id()))
         .count();
-    assert_eq!(kernel_links, 14, "one kernel link per hook");
+    assert_eq!(
+        kernel_links,
+        aa_policyd::loader::kernel::HOOK_COUNT,
+        "one kernel link per hook"
+    );
     assert_eq!(second.wait(), ExitStatus::Exited(0));
 }
 

@@ -7,20 +7,29 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::collections::BTreeSet;
+
 use aa_policyd::delta::diff;
+use aa_policyd::dns::resolver::ResolverSockets;
+use aa_policyd::dns::{DnsEgress, DnsOptions};
 use aa_policyd::events;
 use aa_policyd::loader::Loader;
 use aa_policyd::loader::kernel::KernelLoader;
 use aa_policyd::loader::process::spawn_confined;
 use aa_policyd::lower::lower;
 use aa_policyd::policy::Policy;
-use aa_policyd::ruleset::Arch;
+use aa_policyd::ruleset::{Arch, HostRule, Mode};
 use anyhow::Context;
 use sha2::Digest;
 
 use super::EXIT_INVALID;
 
-pub fn run(policy_path: &Path, pin_dir: &Path, argv: &[OsString]) -> anyhow::Result<ExitCode> {
+pub fn run(
+    policy_path: &Path,
+    pin_dir: &Path,
+    dns_options: &DnsOptions,
+    argv: &[OsString],
+) -> anyhow::Result<ExitCode> {
     let loaded = aa_policyd::policy::read_policy_file(policy_path)
         .and_then(|bytes| Ok((Policy::parse_bytes(&bytes, policy_path)?, bytes)));
     let (policy, bytes) = match loaded {
@@ -30,8 +39,10 @@ pub fn run(policy_path: &Path, pin_dir: &Path, argv: &[OsString]) -> anyhow::Res
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
-    let desired = lower(&policy, Arch::native()).rules;
+    let lowered = lower(&policy, Arch::native());
+    let desired = lowered.rules;
     let mut loader = KernelLoader::open(pin_dir).context("loading the probes")?;
+    let _resolver = start_resolver(pin_dir, dns_options, &lowered.hosts, desired.mode)?;
     let applied = loader.applied()?;
     let delta = diff(&applied.rules, &desired);
     let digest: aa_policyd::loader::PolicyDigest = sha2::Sha256::digest(&bytes).into();
@@ -63,6 +74,40 @@ pub fn run(policy_path: &Path, pin_dir: &Path, argv: &[OsString]) -> anyhow::Res
     }
     let code = status.code();
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+}
+
+/// Runs the resolver of DNS-aware egress on a thread of its own for as long
+/// as this process lives (only when the policy names hosts).
+fn start_resolver(
+    pin_dir: &Path,
+    options: &DnsOptions,
+    hosts: &BTreeSet<HostRule>,
+    mode: Mode,
+) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
+    let dns = Arc::new(DnsEgress::open(
+        pin_dir,
+        options.clone(),
+        Box::new(|denial| denial.log()),
+    )?);
+    if hosts.is_empty() {
+        dns.set_resolver(0, 0, 0)?;
+        return Ok(None);
+    }
+    dns.commit(hosts.clone(), mode);
+    let sockets = ResolverSockets::bind(&dns).context("binding the DNS resolver on loopback")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the resolver's runtime")?;
+    let thread = std::thread::Builder::new()
+        .name("dns-resolver".into())
+        .spawn(move || {
+            if let Err(error) = runtime.block_on(sockets.serve(dns)) {
+                tracing::error!("DNS resolver: {error}");
+            }
+        })
+        .context("starting the resolver thread")?;
+    Ok(Some(thread))
 }
 
 /// `exec` without --policy: the daemon confines, we fork and wait, so the

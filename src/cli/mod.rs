@@ -84,6 +84,8 @@ enum Command {
         /// The daemon's control socket.
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        #[command(flatten)]
+        dns: DnsArgs,
         /// The command and its arguments.
         #[arg(last = true, required = true, num_args = 1..)]
         command: Vec<OsString>,
@@ -107,6 +109,8 @@ enum Command {
         /// Seconds between the safety-net hash checks of the policy file.
         #[arg(long, default_value_t = 60)]
         check_interval: u64,
+        #[command(flatten)]
+        dns: DnsArgs,
     },
     /// Watch POLICY and send its changes to a daemon started with --no-watch
     /// (needs no BPF privileges, only access to the socket).
@@ -184,6 +188,30 @@ impl Cli {
     }
 }
 
+/// DNS-aware egress (host names in `network.allowlist`).
+#[derive(clap::Args, Debug)]
+struct DnsArgs {
+    /// Where the resolver for confined processes forwards the names the
+    /// policy allows: IP, IP:PORT or [IPv6]:PORT, tried in order
+    /// (repeatable). Default: the nameservers of /etc/resolv.conf.
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]", value_parser = aa_policyd::dns::parse_upstream)]
+    dns_upstream: Vec<std::net::SocketAddr>,
+    /// An answered address stays allowed for its TTL, but at least this
+    /// many seconds (clients such as the JVM reuse answers for 30 s) and
+    /// at most a day.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    dns_min_ttl: u64,
+}
+
+impl DnsArgs {
+    fn options(&self) -> aa_policyd::dns::DnsOptions {
+        aa_policyd::dns::DnsOptions {
+            upstreams: self.dns_upstream.clone(),
+            min_ttl: Duration::from_secs(self.dns_min_ttl),
+        }
+    }
+}
+
 fn parse_arch(raw: &str) -> Result<Arch, String> {
     raw.parse()
 }
@@ -201,9 +229,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec {
             policy: Some(policy),
             pin_dir,
+            dns,
             command,
             ..
-        } => exec::run(&policy, &pin_dir, &command),
+        } => exec::run(&policy, &pin_dir, &dns.options(), &command),
         Command::Exec {
             policy: None,
             socket,
@@ -218,12 +247,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pin_dir,
             no_watch,
             check_interval,
+            dns,
         } => run::run(&RunOptions {
             policy,
             socket,
             pin_dir,
             watch: !no_watch,
             periodic_check: Duration::from_secs(check_interval.max(1)),
+            dns: dns.options(),
         }),
         Command::Watch {
             policy,

@@ -84,8 +84,12 @@ fn print_human(status: &StatusReport) {
     }
     println!("map ops:     {} in total", status.total_map_ops);
     println!(
-        "denials:     {} syscall, {} egress, {} file (since the daemon started)",
-        status.denials.syscall, status.denials.egress, status.denials.file
+        "denials:     {} syscall, {} egress, {} file, {} dns (since the daemon started)",
+        status.denials.syscall, status.denials.egress, status.denials.file, status.denials.dns
+    );
+    println!(
+        "learned egress addresses: {} ({} DNS answers, {} map writes)",
+        status.learned_addresses, status.dns_answers, status.dns_map_writes
     );
     println!("event drops: {}", status.event_drops);
     println!(

@@ -82,6 +82,8 @@ pub struct ServerContext {
     pub connections: AtomicUsize,
     /// Denials the event reader has counted.
     pub denials: Arc<DenialCounter>,
+    /// DNS-aware egress, for the learned-address count.
+    pub dns: Arc<crate::dns::DnsEgress>,
 }
 
 /// Counts one served (or refused) connection for as long as it lives.
@@ -402,6 +404,8 @@ async fn handle(stream: UnixStream, context: &ServerContext) -> Result<(), Strin
             Request::Status => {
                 let mut report = StatusReport::clone(&context.status.load());
                 report.denials = context.denials.snapshot();
+                report.learned_addresses = context.dns.learned() as u64;
+                (report.dns_map_writes, report.dns_answers) = context.dns.counters();
                 Response::Status(Box::new(report))
             }
             Request::Confine { pid } => match peer_may_act_on(&peer, pidfd.as_ref(), pid) {

@@ -126,6 +126,16 @@ pub struct StatusReport {
     /// Failures of the confinement mechanism itself; all must stay 0.
     pub probe_faults: ProbeFaults,
     pub watching: bool,
+    /// DNS-aware egress: addresses allowed now because the resolver
+    /// answered them for an allowed host name.
+    #[serde(default)]
+    pub learned_addresses: u64,
+    /// Answers the resolver passed on for allowed names, and the map
+    /// writes made for learned addresses (inserts, extensions, removals).
+    #[serde(default)]
+    pub dns_answers: u64,
+    #[serde(default)]
+    pub dns_map_writes: u64,
 }
 
 /// Denials by what was denied.
@@ -138,6 +148,9 @@ pub struct DenialCounts {
     pub egress: u64,
     /// File accesses the path rules do not allow.
     pub file: u64,
+    /// DNS queries for names the egress allowlist does not name.
+    #[serde(default)]
+    pub dns: u64,
 }
 
 /// One attached hook.

@@ -9,7 +9,7 @@
 use crate::ruleset::SYSCALL_BITMAP_BITS;
 
 /// Part of every pin path: a new layout never reuses an old pin.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// How every pin's file name starts (`AA_PIN_PREFIX` in the probes). Not
 /// a dot: bpffs refuses names with one.
@@ -66,6 +66,11 @@ pub const COUNTERS: u32 = 5;
 /// `IO_URING_OPS` values besides a syscall number.
 pub const IO_URING_OP_NO_SYSCALL: i32 = -2;
 pub const IO_URING_OP_UNKNOWN: i32 = -1;
+
+/// `aa_generation.egress_restricted`.
+pub const EGRESS_UNRESTRICTED: u32 = 0;
+pub const EGRESS_ALLOWLIST: u32 = 1;
+pub const EGRESS_HOSTS: u32 = 2;
 
 pub const SYSCALL_WORDS: usize = SYSCALL_BITMAP_BITS / 64;
 pub const MAX_PATH: usize = 256;
@@ -168,6 +173,43 @@ pub struct PathData {
     pub path: [u8; MAX_PATH],
 }
 
+/// `LEARNED4` key: address and port (network order; 0 = any port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Learned4Key {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `LEARNED6` key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Learned6Key {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `LEARNED4`/`LEARNED6` value: when the address stops being allowed
+/// (`CLOCK_BOOTTIME` nanoseconds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnedValue {
+    pub expires_ns: u64,
+}
+
+/// `RESOLVER[0]`: the daemon resolver's loopback ports (network order; 0 =
+/// not listening) and network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResolverConfig {
+    pub port4: u16,
+    pub port6: u16,
+    pub _pad: u32,
+    pub netns_cookie: u64,
+}
+
 /// A ring-buffer event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -197,6 +239,10 @@ unsafe impl aya::Pod for Egress4Data {}
 unsafe impl aya::Pod for Egress6Data {}
 unsafe impl aya::Pod for RuleValue {}
 unsafe impl aya::Pod for PathData {}
+unsafe impl aya::Pod for Learned4Key {}
+unsafe impl aya::Pod for Learned6Key {}
+unsafe impl aya::Pod for LearnedValue {}
+unsafe impl aya::Pod for ResolverConfig {}
 
 impl RawEvent {
     /// Reads an event from ring-buffer bytes; `None` if they are too short.

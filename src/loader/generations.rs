@@ -399,7 +399,11 @@ impl KernelLoader {
                 Mode::Audit => abi::MODE_AUDIT,
             },
             syscalls_restricted: u32::from(matches!(rules.syscalls, SyscallRule::Allow(_))),
-            egress_restricted: u32::from(rules.egress.mode == EgressMode::Allowlist),
+            egress_restricted: match rules.egress.mode {
+                EgressMode::Unrestricted => abi::EGRESS_UNRESTRICTED,
+                EgressMode::Allowlist => abi::EGRESS_ALLOWLIST,
+                EgressMode::AllowlistAndHosts => abi::EGRESS_HOSTS,
+            },
             read_restricted: u32::from(rules.paths.read == Restriction::Allowlist),
             write_restricted: u32::from(rules.paths.write == Restriction::Allowlist),
             path_denies: rules

@@ -50,7 +50,7 @@ pub(super) enum Attach {
 /// The cgroup program kinds the probes use.
 #[derive(Clone, Copy)]
 pub(super) enum Cgroup {
-    /// connect4/6, sendmsg4/6.
+    /// connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6.
     SockAddr,
     /// sock_create.
     Sock,
@@ -63,7 +63,7 @@ pub(super) enum Cgroup {
 /// Every program, its object and how it attaches. Lifecycle hooks come
 /// first so that marks propagate before the guards read them; the syscall
 /// guard comes last; detaching goes in reverse.
-pub(super) const HOOKS: [(usize, &str, Attach); 14] = [
+pub(super) const HOOKS: [(usize, &str, Attach); 18] = [
     (1, "task_new", Attach::Tracing("task_newtask")),
     (1, "task_exit", Attach::Tracing("sched_process_exit")),
     (1, "task_exec", Attach::Tracing("sched_process_exec")),
@@ -73,6 +73,10 @@ pub(super) const HOOKS: [(usize, &str, Attach); 14] = [
     (2, "egress_connect6", Attach::Cgroup(Cgroup::SockAddr, 11)),
     (2, "egress_sendmsg4", Attach::Cgroup(Cgroup::SockAddr, 14)),
     (2, "egress_sendmsg6", Attach::Cgroup(Cgroup::SockAddr, 15)),
+    (2, "dns_recvmsg4", Attach::Cgroup(Cgroup::SockAddr, 19)),
+    (2, "dns_recvmsg6", Attach::Cgroup(Cgroup::SockAddr, 20)),
+    (2, "dns_peername4", Attach::Cgroup(Cgroup::SockAddr, 29)),
+    (2, "dns_peername6", Attach::Cgroup(Cgroup::SockAddr, 30)),
     (2, "egress_sockopt", Attach::Cgroup(Cgroup::Sockopt, 22)),
     (2, "egress_packet", Attach::Cgroup(Cgroup::Skb, 1)),
     (4, "file_access", Attach::Tracing("sys_exit")),
@@ -83,6 +87,9 @@ pub(super) const HOOKS: [(usize, &str, Attach); 14] = [
     ),
     (0, "syscall_guard", Attach::Tracing("sys_enter")),
 ];
+
+/// How many hooks a fully attached loader holds.
+pub const HOOK_COUNT: usize = HOOKS.len();
 
 /// A hook this loader keeps attached: its link's descriptor.
 pub(super) struct HeldLink {

@@ -28,7 +28,7 @@ use crate::guard::{self, ConfinedSet};
 use crate::ruleset::{Arch, RuleSet};
 
 pub use super::confinement::MarkReader;
-pub use super::hooks::{HookState, cgroup2_root};
+pub use super::hooks::{HOOK_COUNT, HookState, cgroup2_root};
 pub use super::maps::{PinnedCounters, pinned_counters, read_applied, read_slots};
 pub use super::pins::{DEFAULT_PIN_DIR, PinLayout, unload};
 

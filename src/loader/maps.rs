@@ -26,7 +26,7 @@ use crate::ruleset::{
 };
 
 /// Every pinned map, by the name the probes give it.
-pub(super) const MAPS: [&str; 16] = [
+pub(super) const MAPS: [&str; 19] = [
     "ACTIVE",
     "GENERATIONS",
     "TASK_MARK",
@@ -38,6 +38,9 @@ pub(super) const MAPS: [&str; 16] = [
     "PATHS",
     "IO_URING_OPS",
     "SOCKET_MARK",
+    "LEARNED4",
+    "LEARNED6",
+    "RESOLVER",
     "CONFIG",
     "LOADER_TIDS",
     "PENDING",
@@ -101,10 +104,11 @@ impl Maps {
         };
         rules.paths.read = restriction(generation.read_restricted);
         rules.paths.write = restriction(generation.write_restricted);
-        rules.egress.mode = if generation.egress_restricted != 0 {
-            EgressMode::Allowlist
-        } else {
-            EgressMode::Unrestricted
+        rules.egress.mode = match generation.egress_restricted {
+            abi::EGRESS_UNRESTRICTED => EgressMode::Unrestricted,
+            abi::EGRESS_HOSTS => EgressMode::AllowlistAndHosts,
+            // Anything else restricts: fail closed on a value never written.
+            _ => EgressMode::Allowlist,
         };
         let bit = 1u8 << slot;
         for item in self.egress4.iter() {

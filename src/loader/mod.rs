@@ -15,6 +15,7 @@ mod generations;
 mod hooks;
 pub mod io_uring_ops;
 pub mod kernel;
+pub mod learned;
 mod maps;
 mod pins;
 pub mod process;

@@ -66,6 +66,8 @@ pub struct Daemon {
     pub notify: NotifyListener,
     log_path: PathBuf,
     extra_args: Vec<String>,
+    /// A command the daemon is started through (e.g. `nsenter --net=...`).
+    launcher: Vec<String>,
     child: Option<Child>,
 }
 
@@ -87,6 +89,17 @@ impl Daemon {
         setup: impl FnOnce(&Path),
         extra_args: &[&str],
     ) -> Option<Daemon> {
+        Daemon::start_through(name, setup, extra_args, &[])
+    }
+
+    /// Like `start_with`, with the daemon started through `launcher`
+    /// (which must exec it, so the child's PID is the daemon's).
+    pub fn start_through(
+        name: &str,
+        setup: impl FnOnce(&Path),
+        extra_args: &[&str],
+        launcher: &[&str],
+    ) -> Option<Daemon> {
         if !super::kernel_available(name) {
             return None;
         }
@@ -107,6 +120,7 @@ impl Daemon {
             notify,
             log_path,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            launcher: launcher.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
         daemon.spawn(&[]);
@@ -122,7 +136,15 @@ impl Daemon {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_aa-policyd"));
+        let binary = env!("CARGO_BIN_EXE_aa-policyd");
+        let mut command = match self.launcher.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .arg("run")
             .arg("--policy")

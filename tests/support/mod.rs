@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod netns;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,409 @@
+//! DNS-aware egress against the real kernel and the real resolver
+//! libraries: host names in `network.allowlist` become reachable addresses
+//! only through the daemon's resolver, in a network namespace of the test's
+//! own with a fake upstream server (`support::netns`).
+//!
+//! Each test runs a confined Python (`tests/helpers/resolve_connect.py`) and
+//! `getent` that resolve through glibc exactly as an agent would, and checks
+//! what connects: allowed names and the ends of their CNAME chains do, other
+//! names do not resolve and their addresses are EPERM, a query aimed at
+//! another server is answered by the resolver too, addresses stop working
+//! after their TTL, a reload that drops a name revokes its addresses before
+//! it reports `applied`, and unconfined processes never meet the resolver.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::daemon::Daemon;
+use support::netns::{NetNs, Record, UPSTREAM, Zone};
+use support::{default_policy_text, unique_pin_dir};
+
+const EPERM: i64 = 1;
+
+fn zone() -> Zone {
+    let mut zone = Zone::default();
+    let names = &mut zone.names;
+    names.insert(
+        "api.svc.test",
+        vec![
+            Record::A("198.18.1.1", 300),
+            Record::Aaaa("2001:db8::11", 300),
+        ],
+    );
+    names.insert("svc.test", vec![Record::A("198.18.1.9", 300)]);
+    names.insert("blocked.test", vec![Record::A("198.18.1.2", 300)]);
+    names.insert("alias.svc.test", vec![Record::Cname("edge.cdn.test")]);
+    names.insert("edge.cdn.test", vec![Record::A("198.18.1.3", 300)]);
+    names.insert("short.svc.test", vec![Record::A("198.18.1.4", 1)]);
+    names.insert("big.svc.test", vec![Record::A("198.18.1.5", 300)]);
+    names.insert("removed.test", vec![Record::A("198.18.1.6", 300)]);
+    names.insert("keep.test", vec![Record::A("198.18.1.7", 300)]);
+    zone.tcp_only.push("big.svc.test");
+    zone
+}
+
+/// The default policy with `hosts` added to its egress allowlist.
+fn policy_with_hosts(hosts: &[&str]) -> String {
+    let text = default_policy_text();
+    let list = "      - \"::1\"\n";
+    assert!(text.contains(list), "the default allowlist ends with ::1");
+    let added: String = hosts.iter().map(|h| format!("      - \"{h}\"\n")).collect();
+    text.replacen(list, &format!("{list}{added}"), 1)
+}
+
+fn helper() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/helpers/resolve_connect.py")
+        .display()
+        .to_string()
+}
+
+/// One JSON line per step.
+fn parse_steps(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// Runs the helper's `steps` confined by `daemon`, inside `netns`.
+fn confined_steps(netns: &NetNs, daemon: &Daemon, steps: &[&str]) -> Vec<Value> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.path.display()))
+        .arg(env!("CARGO_BIN_EXE_aa-policyd"))
+        .arg("exec")
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("--")
+        .arg("python3")
+        .arg(helper())
+        .args(steps)
+        .output()
+        .expect("run the confined helper");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "confined helper failed ({:?}): {stdout}{}\ndaemon log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    parse_steps(&stdout)
+}
+
+fn start_daemon(name: &str, netns: &NetNs, hosts: &[&str], min_ttl: &str) -> Option<Daemon> {
+    let upstream = format!("{UPSTREAM}:53");
+    let launcher = netns.nsenter();
+    let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
+    let policy = policy_with_hosts(hosts);
+    Daemon::start_through(
+        name,
+        |etc| std::fs::write(etc.join("policy.yaml"), &policy).expect("write policy"),
+        &["--dns-upstream", &upstream, "--dns-min-ttl", min_ttl],
+        &launcher,
+    )
+}
+
+fn connect_result<'a>(step: &'a Value, addr: &str) -> &'a Value {
+    &step["addrs"][addr]
+}
+
+#[test]
+fn allowed_names_resolve_and_connect_and_nothing_else_does() {
+    if !support::kernel_available("dns_allowed_names") {
+        return;
+    }
+    let netns = NetNs::create("dns", zone());
+    let Some(daemon) = start_daemon(
+        "dns_allowed_names",
+        &netns,
+        &["*.svc.test", "keep.test"],
+        "30",
+    ) else {
+        return;
+    };
+    let steps = confined_steps(
+        &netns,
+        &daemon,
+        &[
+            "resolve:api.svc.test",
+            "resolve:API.Svc.Test",
+            "resolve:svc.test",
+            "resolve:blocked.test",
+            "connect:198.18.1.2",
+            "connect:198.18.1.9",
+            "resolve:alias.svc.test",
+            "resolve:big.svc.test",
+            "resolve:missing.svc.test",
+            "raw:192.0.2.53:api.svc.test",
+            "raw:192.0.2.53:blocked.test",
+        ],
+    );
+    let log = daemon.log();
+    let context = format!("{steps:#?}\ndaemon log:\n{log}");
+    assert_eq!(steps.len(), 11, "{context}");
+    // An allowed name: both families connect.
+    assert_eq!(connect_result(&steps[0], "198.18.1.1"), "ok", "{context}");
+    assert_eq!(connect_result(&steps[0], "2001:db8::11"), "ok", "{context}");
+    assert_eq!(
+        connect_result(&steps[1], "198.18.1.1"),
+        "ok",
+        "case-insensitive: {context}"
+    );
+    // `*.svc.test` needs one more label; unlisted names do not resolve.
+    assert!(
+        steps[2]["error"].is_string(),
+        "svc.test resolved: {context}"
+    );
+    assert!(
+        steps[3]["error"].is_string(),
+        "blocked.test resolved: {context}"
+    );
+    assert_eq!(
+        steps[4]["connect"], EPERM,
+        "direct connect to a refused name's address: {context}"
+    );
+    assert_eq!(steps[5]["connect"], EPERM, "{context}");
+    // A CNAME to an unlisted name is followed and its address allowed.
+    assert_eq!(connect_result(&steps[6], "198.18.1.3"), "ok", "{context}");
+    // A truncated UDP answer sends glibc to TCP, which is redirected too.
+    assert_eq!(connect_result(&steps[7], "198.18.1.5"), "ok", "{context}");
+    assert!(
+        netns
+            .queries_for("big.svc.test")
+            .iter()
+            .any(|q| q.ends_with("/tcp")),
+        "the upstream saw no TCP query: {:?}",
+        netns.queries_for("big.svc.test")
+    );
+    assert!(
+        steps[8]["error"].is_string(),
+        "NXDOMAIN resolved: {context}"
+    );
+    // Straight to another server: answered by the resolver, shown as from
+    // the server asked.
+    assert_eq!(steps[9]["from"], "192.0.2.53", "{context}");
+    assert_eq!(steps[9]["id_matches"], true, "{context}");
+    assert_eq!(steps[9]["rcode"], 0, "{context}");
+    assert_eq!(steps[9]["answers"], 1, "{context}");
+    assert_eq!(steps[10]["rcode"], 5, "REFUSED expected: {context}");
+    // Refused names never reached the upstream.
+    assert!(netns.queries_for("blocked.test").is_empty(), "{context}");
+    assert!(netns.queries_for("svc.test").is_empty(), "{context}");
+
+    // getent (glibc's NSS path, gethostbyname2 etc.).
+    let getent = |name: &str| {
+        Command::new("nsenter")
+            .arg(format!("--net={}", netns.path.display()))
+            .arg(env!("CARGO_BIN_EXE_aa-policyd"))
+            .args(["exec", "--socket"])
+            .arg(&daemon.socket)
+            .args(["--", "getent", "ahostsv4", name])
+            .output()
+            .expect("getent")
+    };
+    let allowed = getent("api.svc.test");
+    assert!(
+        String::from_utf8_lossy(&allowed.stdout).contains("198.18.1.1"),
+        "getent: {allowed:?}"
+    );
+    let refused = getent("blocked.test");
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "getent of a refused name: {refused:?}"
+    );
+
+    let status = daemon.status();
+    assert!(
+        status.learned_addresses >= 4,
+        "learned: {}",
+        status.learned_addresses
+    );
+    assert!(status.denials.dns >= 3, "dns denials: {:?}", status.denials);
+    assert!(log.contains("denied DNS query for blocked.test"), "{log}");
+
+    // Unconfined processes in the same namespace use the upstream directly:
+    // a name the policy refuses resolves and connects, and nothing is learned.
+    let before = daemon.status().learned_addresses;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns.name, "python3"])
+        .arg(helper())
+        .args(["resolve:blocked.test", "raw:198.18.0.53:blocked.test"])
+        .output()
+        .expect("unconfined helper");
+    let steps = parse_steps(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        connect_result(&steps[0], "198.18.1.2"),
+        "ok",
+        "{steps:?} {out:?}"
+    );
+    assert_eq!(steps[1]["rcode"], 0, "{steps:?}");
+    assert_eq!(steps[1]["from"], UPSTREAM, "{steps:?}");
+    assert_eq!(daemon.status().learned_addresses, before);
+    drop(daemon);
+}
+
+#[test]
+fn answered_addresses_expire_after_their_ttl() {
+    if !support::kernel_available("dns_ttl") {
+        return;
+    }
+    let netns = NetNs::create("dnsttl", zone());
+    let Some(daemon) = start_daemon("dns_ttl", &netns, &["*.svc.test"], "1") else {
+        return;
+    };
+    // short.svc.test has TTL 1 s, and the floor is 1 s here: the address
+    // connects right after the answer, not 3 s later, and again once
+    // resolved again.
+    let steps = confined_steps(
+        &netns,
+        &daemon,
+        &[
+            "resolve:short.svc.test",
+            "sleep:3",
+            "connect:198.18.1.4",
+            "resolve:short.svc.test",
+        ],
+    );
+    let context = format!("{steps:#?}\n{}", daemon.log());
+    assert_eq!(connect_result(&steps[0], "198.18.1.4"), "ok", "{context}");
+    assert_eq!(
+        steps[2]["connect"], EPERM,
+        "expired address still connects: {context}"
+    );
+    assert_eq!(connect_result(&steps[3], "198.18.1.4"), "ok", "{context}");
+    // The sweeper removes it from the map too.
+    assert!(
+        support::eventually(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            daemon.status().learned_addresses == 0
+        }),
+        "learned addresses never expired: {}",
+        daemon.status().learned_addresses
+    );
+}
+
+#[test]
+fn a_reload_that_drops_a_host_revokes_its_addresses_before_it_reports_applied() {
+    if !support::kernel_available("dns_reload") {
+        return;
+    }
+    let netns = NetNs::create("dnsreload", zone());
+    let Some(daemon) = start_daemon("dns_reload", &netns, &["removed.test", "keep.test"], "30")
+    else {
+        return;
+    };
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", netns.path.display()))
+        .arg(env!("CARGO_BIN_EXE_aa-policyd"))
+        .arg("exec")
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("--")
+        .arg("python3")
+        .arg(helper())
+        .args([
+            "resolve:removed.test",
+            "resolve:keep.test",
+            "wait",
+            "connect:198.18.1.6",
+            "connect:198.18.1.7",
+            "resolve:removed.test",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the confined helper");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let first: Vec<Value> = (0..2)
+        .filter_map(|_| lines.next()?.ok())
+        .filter_map(|line| serde_json::from_str(&line).ok())
+        .collect();
+    assert_eq!(first.len(), 2, "{first:?}\n{}", daemon.log());
+    assert_eq!(connect_result(&first[0], "198.18.1.6"), "ok", "{first:?}");
+    assert_eq!(connect_result(&first[1], "198.18.1.7"), "ok", "{first:?}");
+    let learned = daemon.status().learned_addresses;
+    assert_eq!(learned, 2, "{first:?}");
+
+    let generation = daemon.status().generation;
+    let text = policy_with_hosts(&["keep.test"]);
+    std::fs::write(&daemon.policy, text).expect("save the policy in place");
+    let status = daemon.wait_for("the reload", |s| s.generation > generation);
+    let reload = status.last_reload.expect("a reload");
+    assert_eq!(reload.outcome.as_str(), "applied", "{reload:?}");
+    assert_eq!(
+        status.learned_addresses, 1,
+        "the unrelated address survives"
+    );
+
+    writeln!(stdin, "go").expect("go-ahead");
+    let rest: Vec<Value> = lines
+        .map_while(Result::ok)
+        .filter_map(|line| serde_json::from_str(&line).ok())
+        .collect();
+    let _ = child.wait();
+    let context = format!("{rest:#?}\n{}", daemon.log());
+    assert_eq!(rest.len(), 4, "{context}");
+    assert_eq!(
+        rest[1]["connect"], EPERM,
+        "a dropped host's address still connects: {context}"
+    );
+    assert_eq!(
+        rest[2]["connect"], "ok",
+        "an unrelated learned address was flushed: {context}"
+    );
+    assert!(
+        rest[3]["error"].is_string(),
+        "a dropped host still resolves: {context}"
+    );
+}
+
+#[test]
+fn standalone_exec_runs_its_own_resolver() {
+    if !support::kernel_available("dns_standalone") {
+        return;
+    }
+    let netns = NetNs::create("dnsexec", zone());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, policy_with_hosts(&["api.svc.test"])).expect("write policy");
+    let pin_dir = unique_pin_dir("dns_standalone");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.path.display()))
+        .arg(env!("CARGO_BIN_EXE_aa-policyd"))
+        .arg("exec")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .args(["--dns-upstream", UPSTREAM])
+        .arg("--")
+        .arg("python3")
+        .arg(helper())
+        .args([
+            "resolve:api.svc.test",
+            "resolve:blocked.test",
+            "connect:198.18.1.2",
+        ])
+        .output()
+        .expect("run exec --policy");
+    let _ = aa_policyd::loader::kernel::unload(&pin_dir);
+    let steps = parse_steps(&String::from_utf8_lossy(&out.stdout));
+    let context = format!("{steps:#?}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(steps.len(), 3, "{context}");
+    assert_eq!(connect_result(&steps[0], "198.18.1.1"), "ok", "{context}");
+    assert!(steps[1]["error"].is_string(), "{context}");
+    assert_eq!(steps[2]["connect"], EPERM, "{context}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("denied DNS query for blocked.test"),
+        "{context}"
+    );
+}

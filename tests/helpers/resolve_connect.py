@@ -1,0 +1,97 @@
+"""What a confined agent does with host names, step by step, for the
+DNS-aware egress tests: each argument is one step, each step prints one JSON
+line.
+
+  resolve:NAME[:PORT]   socket.getaddrinfo (the libc resolver), then a TCP
+                        connect to every address: {"addrs": {ADDR: "ok" |
+                        errno}} or {"error": "..."}
+  connect:ADDR[:PORT]   a TCP connect: {"connect": "ok" | errno}
+  raw:SERVER:NAME       a hand-made A query sent over UDP straight to SERVER
+                        (as `dig @SERVER NAME` would): {"from": ADDR,
+                        "rcode": N, "answers": N} or {"error": "..."}
+  wait                  reads one line from stdin (the test's go-ahead)
+  sleep:SECONDS
+"""
+
+import json
+import os
+import socket
+import struct
+import sys
+
+PORT = 8080
+
+
+def connect(addr, port):
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(3)
+    try:
+        sock.connect((addr, port))
+        return "ok"
+    except OSError as error:
+        return error.errno if error.errno is not None else str(error)
+    finally:
+        sock.close()
+
+
+def resolve(name, port):
+    try:
+        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        return {"error": str(error)}
+    addrs = sorted({info[4][0] for info in infos})
+    return {"addrs": {addr: connect(addr, port) for addr in addrs}}
+
+
+def raw_query(server, name):
+    query_id = int.from_bytes(os.urandom(2), "big")
+    header = struct.pack(">HHHHHH", query_id, 0x0100, 1, 0, 0, 0)
+    labels = b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
+    question = labels + b"\x00" + struct.pack(">HH", 1, 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    try:
+        sock.sendto(header + question, (server, 53))
+        reply, source = sock.recvfrom(4096)
+    except OSError as error:
+        return {"error": str(error)}
+    finally:
+        sock.close()
+    reply_id, flags, _, answers = struct.unpack(">HHHH", reply[:8])
+    return {
+        "from": source[0],
+        "id_matches": reply_id == query_id,
+        "rcode": flags & 0xF,
+        "answers": answers,
+    }
+
+
+def main():
+    for step in sys.argv[1:]:
+        kind, _, rest = step.partition(":")
+        if kind == "resolve":
+            name, _, port = rest.partition(":")
+            result = resolve(name, int(port or PORT))
+        elif kind == "connect":
+            addr, port = rest, PORT
+            if rest.count(":") == 1:
+                addr, port = rest.split(":")[0], int(rest.split(":")[1])
+            result = {"connect": connect(addr, port)}
+        elif kind == "raw":
+            server, _, name = rest.partition(":")
+            result = raw_query(server, name)
+        elif kind == "wait":
+            sys.stdin.readline()
+            result = {"waited": True}
+        elif kind == "sleep":
+            import time
+
+            time.sleep(float(rest))
+            result = {"slept": float(rest)}
+        else:
+            result = {"error": "unknown step " + step}
+        print(json.dumps({"step": step, **result}), flush=True)
+
+
+main()
