@@ -74,7 +74,7 @@ fn main() {
 struct Daemon {
     child: Child,
     socket: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -116,9 +116,11 @@ fn start_daemon(netns: &NetNs, pin_dir: &std::path::Path) -> Daemon {
     .expect("default policy")
     .replacen(
         "/workspace, /home]",
+        // The client's interpreter, and the cwd Python looks in first.
         &format!(
-            "/workspace, /home, {}, /root/.pyenv]",
-            python_prefix.display()
+            "/workspace, /home, {}, {}]",
+            python_prefix.display(),
+            env!("CARGO_MANIFEST_DIR")
         ),
         1,
     )
@@ -142,14 +144,10 @@ fn start_daemon(netns: &NetNs, pin_dir: &std::path::Path) -> Daemon {
         .args(["--dns-upstream", UPSTREAM])
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).expect("daemon log"))
         .spawn()
         .expect("start the daemon");
-    let daemon = Daemon {
-        child,
-        socket,
-        _dir: dir,
-    };
+    let daemon = Daemon { child, socket, dir };
     let deadline = Instant::now() + Duration::from_secs(20);
     while daemon.status().is_none() {
         assert!(Instant::now() < deadline, "the daemon never answered");
@@ -171,20 +169,31 @@ fn measure(netns: &NetNs, daemon: Option<&Daemon>, kind: &str) -> Vec<f64> {
             .arg("--");
     }
     let out = command
-        .args([
-            "python3",
-            "-c",
-            CLIENT,
-            kind,
-            &QUERIES_PER_ROUND.to_string(),
-        ])
+        .arg(python())
+        .args(["-c", CLIENT, kind, &QUERIES_PER_ROUND.to_string()])
         .output()
         .expect("run the client");
-    assert!(out.status.success(), "client failed: {out:?}");
+    assert!(
+        out.status.success(),
+        "client failed: {out:?}\ndaemon log:\n{}",
+        daemon
+            .and_then(|d| std::fs::read_to_string(d.dir.path().join("daemon.log")).ok())
+            .unwrap_or_default()
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| line.parse().ok())
         .collect()
+}
+
+/// The interpreter itself (a pyenv shim is a script that would need more
+/// of the file system allowed).
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -268,7 +277,9 @@ fn run(pin_dir: &std::path::Path) {
 /// `ip netns exec`, which puts the namespace's own (the fake upstream) there.
 fn measure_gai_unconfined(netns: &NetNs) -> Vec<f64> {
     let out = Command::new("ip")
-        .args(["netns", "exec", &netns.name, "python3", "-c", CLIENT, "gai"])
+        .args(["netns", "exec", &netns.name])
+        .arg(python())
+        .args(["-c", CLIENT, "gai"])
         .arg(QUERIES_PER_ROUND.to_string())
         .output()
         .expect("run the client");

@@ -419,8 +419,7 @@ struct {
 /* RESOLVER[0]: where the daemon's resolver listens (127.0.0.1:port4 and
  * [::1]:port6, network order; 0 = not listening) and the network namespace
  * it listens in. DNS of a confined task in another namespace is not
- * redirected (loopback there is not the daemon's), so it meets the egress
- * allowlist and fails closed. */
+ * redirected (loopback there is not the daemon's) but refused. */
 struct aa_resolver {
 	__u16 port4;
 	__u16 port6;

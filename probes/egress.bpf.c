@@ -118,10 +118,10 @@ static __always_inline int learned6_match(__u16 port, const __u32 addr[4])
 }
 
 /* Sends a confined task's DNS query to the daemon's resolver. Returns 1
- * when the destination was rewritten. Not redirected (and so judged by the
- * allowlist like any destination): sockets bound to a device (the rewritten
- * packet would leave through it), tasks in another network namespace than
- * the resolver's, and anything while no resolver listens. */
+ * when the destination was rewritten. Not redirected (and so refused by
+ * the caller): sockets bound to a device (the rewritten packet would leave
+ * through it), tasks in another network namespace than the resolver's, and
+ * anything while no resolver listens. */
 static __always_inline int redirect_dns(struct bpf_sock_addr *ctx, int family)
 {
 	if (ctx->user_port != bpf_htons(53))
@@ -192,14 +192,20 @@ static __always_inline void restore_dns_origin(struct bpf_sock_addr *ctx, int fa
 		ctx->user_port = origin->port;
 		return;
 	}
-	if (origin->family != AF_INET6)
-		return;
 	__u32 source[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
 	int from_v4 = is_v4_mapped(source) && source[3] == bpf_htonl(AA_LOOPBACK4) &&
 		      ctx->user_port == resolver->port4;
 	int from_v6 = source[0] == 0 && source[1] == 0 && source[2] == 0 && source[3] == bpf_htonl(1) &&
 		      resolver->port6 && ctx->user_port == resolver->port6;
-	if (!from_v4 && !from_v6)
+	if (from_v4 && origin->family == AF_INET) {
+		/* An AF_INET6 socket that sent to a v4-mapped server: the send
+		 * went through sendmsg4 (which kept the IPv4 form), the answer
+		 * comes through here. */
+		ctx->user_ip6[3] = origin->addr[0];
+		ctx->user_port = origin->port;
+		return;
+	}
+	if ((!from_v4 && !from_v6) || origin->family != AF_INET6)
 		return;
 	ctx->user_ip6[0] = origin->addr[0];
 	ctx->user_ip6[1] = origin->addr[1];
@@ -254,7 +260,12 @@ static __always_inline int egress_check(struct bpf_sock_addr *ctx, int family)
 	if (!gen || !gen->egress_restricted)
 		return 1;
 	int hosts = gen->egress_restricted == AA_EGRESS_HOSTS;
-	if (hosts && redirect_dns(ctx, family))
+	/* Under host rules, DNS goes to the resolver or nowhere: a query the
+	 * redirect cannot take (a device-bound socket, another namespace, no
+	 * resolver) must not reach a server the allowlist happens to allow,
+	 * such as a stub on 127.0.0.53 under an allowed 127.0.0.0/8. */
+	int dns = hosts && ctx->user_port == bpf_htons(53);
+	if (dns && redirect_dns(ctx, family))
 		return 1;
 
 	__u16 port = (__u16)ctx->user_port;
@@ -278,7 +289,7 @@ static __always_inline int egress_check(struct bpf_sock_addr *ctx, int family)
 			allowed = egress6_match(port, addr6, slot) || egress6_match(0, addr6, slot) ||
 				  (hosts && learned6_match(port, addr6));
 	}
-	if (allowed)
+	if (allowed && !dns)
 		return 1;
 
 	__u32 mode = gen->mode;

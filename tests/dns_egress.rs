@@ -142,11 +142,19 @@ fn allowed_names_resolve_and_connect_and_nothing_else_does() {
             "resolve:missing.svc.test",
             "raw:192.0.2.53:api.svc.test",
             "raw:192.0.2.53:blocked.test",
+            "raw6:198.18.0.53:api.svc.test",
+            "bound:lo:127.0.0.53:blocked.test",
+            "bound:lo:198.18.0.53:blocked.test",
+            "raw:127.0.0.53:blocked.test",
+            // Connections held open do not lock others out of TCP: the
+            // oldest is closed for a new one.
+            "hold:198.18.0.53:600",
+            "resolve:big.svc.test",
         ],
     );
     let log = daemon.log();
     let context = format!("{steps:#?}\ndaemon log:\n{log}");
-    assert_eq!(steps.len(), 11, "{context}");
+    assert_eq!(steps.len(), 17, "{context}");
     // An allowed name: both families connect.
     assert_eq!(connect_result(&steps[0], "198.18.1.1"), "ok", "{context}");
     assert_eq!(connect_result(&steps[0], "2001:db8::11"), "ok", "{context}");
@@ -192,6 +200,20 @@ fn allowed_names_resolve_and_connect_and_nothing_else_does() {
     assert_eq!(steps[9]["rcode"], 0, "{context}");
     assert_eq!(steps[9]["answers"], 1, "{context}");
     assert_eq!(steps[10]["rcode"], 5, "REFUSED expected: {context}");
+    // An AF_INET6 socket asking a v4-mapped server sends through the IPv4
+    // hooks and receives through the IPv6 ones: still shown as that server.
+    assert_eq!(steps[11]["from"], "::ffff:198.18.0.53", "{context}");
+    assert_eq!(steps[11]["answers"], 1, "{context}");
+    // A device-bound socket cannot be redirected: its DNS is refused, even
+    // to a stub inside the allowed 127.0.0.0/8, instead of reaching a
+    // server that answers every name.
+    assert_eq!(steps[12]["errno"], EPERM, "{context}");
+    assert_eq!(steps[13]["errno"], EPERM, "{context}");
+    // Without the device binding, the stub's address is redirected too.
+    assert_eq!(steps[14]["rcode"], 5, "{context}");
+    assert_eq!(steps[14]["from"], "127.0.0.53", "{context}");
+    assert_eq!(steps[15]["held"], 600, "{context}");
+    assert_eq!(connect_result(&steps[16], "198.18.1.5"), "ok", "{context}");
     // Refused names never reached the upstream.
     assert!(netns.queries_for("blocked.test").is_empty(), "{context}");
     assert!(netns.queries_for("svc.test").is_empty(), "{context}");

@@ -9,6 +9,7 @@
 //! It is not an open resolver: nothing outside this host reaches it, and
 //! only names the policy allows can make it allow an address.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -28,10 +29,17 @@ const UDP_TIMEOUT: Duration = Duration::from_secs(2);
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client's TCP connection may stay idle this long between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Queries in flight at once (UDP) and client TCP connections: a confined
-/// process may flood the resolver, not exhaust the daemon.
-const MAX_IN_FLIGHT: usize = 256;
-const MAX_TCP_CLIENTS: usize = 64;
+/// Queries in flight at once (UDP), in all and from one client socket, and
+/// client TCP connections: a confined process may flood the resolver, not
+/// exhaust the daemon, and one socket cannot take every slot. Clients are
+/// told apart by their socket (address and port): the resolver cannot see
+/// which process sent a datagram.
+const MAX_IN_FLIGHT: usize = 1024;
+const MAX_IN_FLIGHT_PER_CLIENT: usize = 16;
+const MAX_TCP_CLIENTS: usize = 512;
+/// A client's TCP connection is closed after this long, busy or not, so
+/// held connections cannot keep the slots.
+const TCP_LIFETIME: Duration = Duration::from_secs(30);
 /// Largest UDP message read (EDNS payloads stay well below).
 const UDP_BUFFER: usize = 4096;
 
@@ -117,7 +125,6 @@ impl ResolverSockets {
     /// Serves until the runtime stops, expiring learned addresses as it goes.
     pub async fn serve(self, dns: Arc<DnsEgress>) -> io::Result<()> {
         let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let tcp_limit = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
         let mut pairs = vec![(self.udp4, self.tcp4)];
         pairs.extend(self.v6);
         let mut tasks = tokio::task::JoinSet::new();
@@ -127,7 +134,7 @@ impl ResolverSockets {
             let udp = Arc::new(UdpSocket::from_std(udp)?);
             let tcp = TcpListener::from_std(tcp)?;
             tasks.spawn(serve_udp(udp, Arc::clone(&dns), Arc::clone(&limit)));
-            tasks.spawn(serve_tcp(tcp, Arc::clone(&dns), Arc::clone(&tcp_limit)));
+            tasks.spawn(serve_tcp(tcp, Arc::clone(&dns)));
         }
         tasks.spawn(expire_periodically(Arc::clone(&dns)));
         while let Some(result) = tasks.join_next().await {
@@ -152,12 +159,41 @@ async fn expire_periodically(dns: Arc<DnsEgress>) -> io::Result<()> {
     }
 }
 
+/// Queries in flight per client socket.
+type InFlight = Arc<std::sync::Mutex<HashMap<SocketAddr, usize>>>;
+
+/// Takes one of `client`'s in-flight slots, unless it holds its share.
+fn take_slot(in_flight: &InFlight, client: SocketAddr) -> bool {
+    let mut counts = in_flight
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let count = counts.entry(client).or_insert(0);
+    if *count >= MAX_IN_FLIGHT_PER_CLIENT {
+        return false;
+    }
+    *count += 1;
+    true
+}
+
+fn release_slot(in_flight: &InFlight, client: SocketAddr) {
+    let mut counts = in_flight
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(count) = counts.get_mut(&client) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&client);
+        }
+    }
+}
+
 async fn serve_udp(
     socket: Arc<UdpSocket>,
     dns: Arc<DnsEgress>,
     limit: Arc<Semaphore>,
 ) -> io::Result<()> {
     let mut buffer = vec![0u8; UDP_BUFFER];
+    let in_flight: InFlight = Arc::default();
     loop {
         let (len, client) = match socket.recv_from(&mut buffer).await {
             Ok(received) => received,
@@ -166,25 +202,36 @@ async fn serve_udp(
             Err(error) if error.kind() != io::ErrorKind::OutOfMemory => continue,
             Err(error) => return Err(error),
         };
+        // Saturated (in all, or this client): dropped, the client retries.
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            continue; // saturated: dropped, the client retries
+            continue;
         };
+        if !take_slot(&in_flight, client) {
+            continue;
+        }
         let query = buffer[..len].to_vec();
-        let (socket, dns) = (Arc::clone(&socket), Arc::clone(&dns));
+        let (socket, dns, in_flight) = (
+            Arc::clone(&socket),
+            Arc::clone(&dns),
+            Arc::clone(&in_flight),
+        );
         tokio::spawn(async move {
             if let Some(reply) = answer(&dns, &query, Transport::Udp).await {
                 let _ = socket.send_to(&reply, client).await;
             }
+            release_slot(&in_flight, client);
             drop(permit);
         });
     }
 }
 
-async fn serve_tcp(
-    listener: TcpListener,
-    dns: Arc<DnsEgress>,
-    limit: Arc<Semaphore>,
-) -> io::Result<()> {
+/// Serves TCP clients. When all slots are taken, the oldest connection is
+/// closed for the new one: a process holding connections open cannot lock
+/// the others out, only make them reconnect.
+async fn serve_tcp(listener: TcpListener, dns: Arc<DnsEgress>) -> io::Result<()> {
+    type Open = std::sync::Mutex<VecDeque<(u64, tokio::task::AbortHandle)>>;
+    let open: Arc<Open> = Arc::default();
+    let mut next_id = 0u64;
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -194,14 +241,25 @@ async fn serve_tcp(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            continue; // dropped: closes the connection
-        };
-        let dns = Arc::clone(&dns);
-        tokio::spawn(async move {
-            let _ = serve_tcp_client(stream, &dns).await;
-            drop(permit);
+        let id = next_id;
+        next_id += 1;
+        let (dns, registry) = (Arc::clone(&dns), Arc::clone(&open));
+        let task = tokio::spawn(async move {
+            let _ = tokio::time::timeout(TCP_LIFETIME, serve_tcp_client(stream, &dns)).await;
+            registry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|(open_id, _)| *open_id != id);
         });
+        let mut open = open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.push_back((id, task.abort_handle()));
+        while open.len() > MAX_TCP_CLIENTS {
+            if let Some((_, oldest)) = open.pop_front() {
+                oldest.abort();
+            }
+        }
     }
 }
 

@@ -9,6 +9,10 @@ line.
   raw:SERVER:NAME       a hand-made A query sent over UDP straight to SERVER
                         (as `dig @SERVER NAME` would): {"from": ADDR,
                         "rcode": N, "answers": N} or {"error": "..."}
+  raw6:SERVER:NAME      the same from an AF_INET6 socket to ::ffff:SERVER
+  bound:DEV:SERVER:NAME the same from a socket bound to DEV (SO_BINDTODEVICE)
+  hold:SERVER:N         opens N TCP connections to SERVER:53 and keeps them
+                        open until the end (a client hogging the resolver)
   wait                  reads one line from stdin (the test's go-ahead)
   sleep:SECONDS
 """
@@ -44,18 +48,22 @@ def resolve(name, port):
     return {"addrs": {addr: connect(addr, port) for addr in addrs}}
 
 
-def raw_query(server, name):
+def raw_query(server, name, family=socket.AF_INET, device=None):
     query_id = int.from_bytes(os.urandom(2), "big")
     header = struct.pack(">HHHHHH", query_id, 0x0100, 1, 0, 0, 0)
     labels = b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
     question = labels + b"\x00" + struct.pack(">HH", 1, 1)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.settimeout(5)
     try:
+        if device:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+        if family == socket.AF_INET6:
+            server = "::ffff:" + server
         sock.sendto(header + question, (server, 53))
         reply, source = sock.recvfrom(4096)
     except OSError as error:
-        return {"error": str(error)}
+        return {"error": str(error), "errno": error.errno}
     finally:
         sock.close()
     reply_id, flags, _, answers = struct.unpack(">HHHH", reply[:8])
@@ -65,6 +73,23 @@ def raw_query(server, name):
         "rcode": flags & 0xF,
         "answers": answers,
     }
+
+
+HELD = []
+
+
+def hold(server, count):
+    opened = 0
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(3)
+        try:
+            sock.connect((server, 53))
+            HELD.append(sock)
+            opened += 1
+        except OSError:
+            sock.close()
+    return {"held": opened}
 
 
 def main():
@@ -81,6 +106,15 @@ def main():
         elif kind == "raw":
             server, _, name = rest.partition(":")
             result = raw_query(server, name)
+        elif kind == "raw6":
+            server, _, name = rest.partition(":")
+            result = raw_query(server, name, family=socket.AF_INET6)
+        elif kind == "bound":
+            device, server, name = rest.split(":")
+            result = raw_query(server, name, device=device)
+        elif kind == "hold":
+            server, _, count = rest.partition(":")
+            result = hold(server, int(count))
         elif kind == "wait":
             sys.stdin.readline()
             result = {"waited": True}

@@ -27,6 +27,9 @@ use simple_dns::{CLASS, Name, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, 
 
 /// Where the fake upstream listens (port 53, UDP and TCP).
 pub const UPSTREAM: &str = "198.18.0.53";
+/// A second listener of the fake upstream (UDP), where a host's local stub
+/// resolver would be: inside the loopback range policies often allow.
+pub const LOCAL_STUB: &str = "127.0.0.53";
 /// The port every answered address has a listener on.
 pub const SERVICE_PORT: u16 = 8080;
 
@@ -140,16 +143,18 @@ impl NetNs {
         let sockets = in_netns(&netns.path, move || {
             let upstream: SocketAddr = (UPSTREAM.parse::<IpAddr>().expect("ip"), 53).into();
             let udp = UdpSocket::bind(upstream).expect("bind fake DNS (udp)");
+            let stub = UdpSocket::bind((LOCAL_STUB.parse::<IpAddr>().expect("ip"), 53))
+                .expect("bind fake DNS (local stub)");
             let tcp = TcpListener::bind(upstream).expect("bind fake DNS (tcp)");
             let listeners: Vec<TcpListener> = addresses
                 .iter()
                 .filter(|addr| addr.to_string() != UPSTREAM)
                 .map(|addr| TcpListener::bind((*addr, SERVICE_PORT)).expect("bind listener"))
                 .collect();
-            (udp, tcp, listeners)
+            (udp, stub, tcp, listeners)
         });
-        let (udp, tcp, listeners) = sockets;
-        {
+        let (udp, stub, tcp, listeners) = sockets;
+        for udp in [udp, stub] {
             let (zone, queries, stop) =
                 (Arc::clone(&zone), Arc::clone(&queries), Arc::clone(&stop));
             udp.set_read_timeout(Some(Duration::from_millis(200)))
