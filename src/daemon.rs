@@ -76,11 +76,18 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
         options.dns.clone(),
         denial_reporter(events.clone(), Arc::clone(&denials)),
     )?);
-    // Bound before the first generation can redirect DNS to it.
-    let resolver = ResolverSockets::bind(&dns).map_err(|source| DaemonError::Io {
-        context: "binding the DNS resolver on loopback",
-        source,
-    })?;
+    // Bound before the first generation can redirect DNS to it. Without
+    // it the probes redirect nothing, and confined DNS under host rules is
+    // refused: enforcement does not depend on it.
+    let resolver = match ResolverSockets::bind(&dns) {
+        Ok(sockets) => Some(sockets),
+        Err(error) => {
+            tracing::error!(
+                "cannot listen for confined processes' DNS on loopback ({error}): under host names in network.allowlist their DNS is refused"
+            );
+            None
+        }
+    };
     let mut reconciler = Reconciler::new(loader, &options.policy, options.watch, Arc::clone(&dns))?;
     // The watch exists before the startup read: a save made while the
     // daemon starts queues a reload instead of waiting for the periodic check.
@@ -164,7 +171,7 @@ async fn serve_until_signalled(
     status: Arc<arc_swap::ArcSwap<crate::control::wire::StatusReport>>,
     events: broadcast::Sender<WireEvent>,
     denials: Arc<DenialCounter>,
-    (resolver, dns): (ResolverSockets, Arc<DnsEgress>),
+    (resolver, dns): (Option<ResolverSockets>, Arc<DnsEgress>),
 ) -> Result<(), DaemonError> {
     let signal_err = |source| DaemonError::Io {
         context: "installing signal handlers",
@@ -200,7 +207,7 @@ async fn serve_until_signalled(
     );
     lifecycle::ready(&summary);
     let server = tokio::spawn(server::serve(listener, context));
-    let resolver = tokio::spawn(resolver.serve(Arc::clone(&dns)));
+    let resolver = resolver.map(|sockets| tokio::spawn(sockets.serve(Arc::clone(&dns))));
     loop {
         tokio::select! {
             _ = hangup.recv() => {
@@ -212,7 +219,9 @@ async fn serve_until_signalled(
         }
     }
     server.abort();
-    resolver.abort();
+    if let Some(resolver) = resolver {
+        resolver.abort();
+    }
     // Confined DNS then meets the egress allowlist (and fails closed)
     // instead of a port nobody answers on.
     if let Err(error) = dns.set_resolver(0, 0, 0) {

@@ -90,7 +90,6 @@ fn start_resolver(
         Box::new(|denial| denial.log()),
     )?);
     if hosts.is_empty() {
-        dns.set_resolver(0, 0, 0)?;
         return Ok(None);
     }
     dns.commit(hosts.clone(), mode);

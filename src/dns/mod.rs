@@ -148,7 +148,8 @@ pub struct DnsEgress {
 impl DnsEgress {
     /// Takes over the learned maps of `pin_dir` (the probes must be
     /// loaded): what an earlier process learned is removed, because nobody
-    /// knows any more which rules justified it. `on_denial` is told of each
+    /// knows any more which rules justified it, and DNS is redirected
+    /// nowhere until `ResolverSockets::bind`. `on_denial` is told of each
     /// denied query (after the rate limit, which logs the rest as a count).
     pub fn open(
         pin_dir: &Path,
@@ -156,6 +157,8 @@ impl DnsEgress {
         on_denial: Box<dyn Fn(&DnsDenial) + Send + Sync>,
     ) -> Result<DnsEgress, LoaderError> {
         let mut maps = LearnedMaps::open(pin_dir)?;
+        // Nobody listens on an earlier process's port any more.
+        maps.set_resolver(0, 0, 0)?;
         let stale = maps.clear()?;
         if stale > 0 {
             tracing::info!(
