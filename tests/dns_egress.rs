@@ -317,7 +317,7 @@ fn a_reload_that_drops_a_host_revokes_its_addresses_before_it_reports_applied() 
         return;
     }
     let netns = NetNs::create("dnsreload", zone());
-    let Some(daemon) = start_daemon("dns_reload", &netns, &["removed.test", "keep.test"], "30")
+    let Some(mut daemon) = start_daemon("dns_reload", &netns, &["removed.test", "keep.test"], "30")
     else {
         return;
     };
@@ -386,6 +386,22 @@ fn a_reload_that_drops_a_host_revokes_its_addresses_before_it_reports_applied() 
         rest[3]["error"].is_string(),
         "a dropped host still resolves: {context}"
     );
+
+    // kill -9 and a restart: the new daemon cannot know which rules justified
+    // what the old one learned, so it starts with nothing learned.
+    daemon.restart(&[]);
+    assert_eq!(daemon.status().learned_addresses, 0);
+    let steps = confined_steps(
+        &netns,
+        &daemon,
+        &["connect:198.18.1.7", "resolve:keep.test"],
+    );
+    let context = format!("{steps:#?}\n{}", daemon.log());
+    assert_eq!(
+        steps[0]["connect"], EPERM,
+        "learned before the restart: {context}"
+    );
+    assert_eq!(connect_result(&steps[1], "198.18.1.7"), "ok", "{context}");
 }
 
 #[test]
