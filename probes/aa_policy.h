@@ -68,6 +68,7 @@
 #define AA_NET_PROTOCOL 3
 #define AA_NET_ROUTING_OPTION 4 /* setsockopt; detail: level << 16 | optname */
 #define AA_NET_ROUTING_PACKET 5 /* an outgoing packet with IPv4 options or an IPv6 routing header */
+#define AA_NET_DNS_PACKET 6     /* under host rules, a DNS packet that did not go to the resolver; detail: port */
 
 /* aa_generation.egress_restricted */
 #define AA_EGRESS_UNRESTRICTED 0

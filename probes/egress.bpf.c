@@ -434,6 +434,47 @@ static __always_inline int routes_elsewhere(struct __sk_buff *skb)
 	return 1; /* more extension headers than a sender needs: refuse */
 }
 
+/* The destination port of a TCP, UDP or UDP-Lite packet (network order),
+ * 0 for anything else (or a fragment after the first). */
+static __always_inline __u16 destination_port(struct __sk_buff *skb)
+{
+	__u8 next = 0;
+	__u32 offset = 0;
+	if (skb->protocol == bpf_htons(0x0800 /* ETH_P_IP */)) {
+		__u8 first = 0;
+		__u16 fragment = 0;
+		if (bpf_skb_load_bytes(skb, 0, &first, 1) || bpf_skb_load_bytes(skb, 6, &fragment, 2) ||
+		    bpf_skb_load_bytes(skb, 9, &next, 1))
+			return 0;
+		if (fragment & bpf_htons(0x1fff))
+			return 0;
+		offset = ((__u32)first & 0x0f) * 4;
+	} else if (skb->protocol == bpf_htons(0x86dd /* ETH_P_IPV6 */)) {
+		if (bpf_skb_load_bytes(skb, 6, &next, 1))
+			return 0;
+		offset = 40;
+		for (int i = 0; i < 8; i++) {
+			if (next != 0 && next != 60 && next != 44)
+				break;
+			__u8 header[4] = {};
+			if (bpf_skb_load_bytes(skb, offset, header, 4))
+				return 0;
+			if (next == 44 && ((header[2] << 8 | header[3]) & 0xfff8))
+				return 0;
+			offset += next == 44 ? 8 : ((__u32)header[1] + 1) * 8;
+			next = header[0];
+		}
+	} else {
+		return 0;
+	}
+	if (next != 6 && next != 17 && next != 136)
+		return 0;
+	__u16 port = 0;
+	if (bpf_skb_load_bytes(skb, offset + 2, &port, 2))
+		return 0;
+	return port;
+}
+
 SEC("cgroup_skb/egress")
 int egress_packet(struct __sk_buff *skb)
 {
@@ -444,10 +485,20 @@ int egress_packet(struct __sk_buff *skb)
 	if (!sk || !bpf_sk_storage_get(&SOCKET_MARK, sk, 0, 0))
 		return 1;
 	struct aa_generation *gen = aa_active_generation();
-	if (!gen || !gen->egress_restricted || !routes_elsewhere(skb))
+	if (!gen || !gen->egress_restricted)
 		return 1;
-	report_net(gen->mode, sk->family, AA_NET_ROUTING_PACKET, 0);
-	return gen->mode == AA_MODE_AUDIT ? 1 : 0;
+	if (routes_elsewhere(skb)) {
+		report_net(gen->mode, sk->family, AA_NET_ROUTING_PACKET, 0);
+		return gen->mode == AA_MODE_AUDIT ? 1 : 0;
+	}
+	/* Under host rules DNS goes to the resolver or nowhere, also from a
+	 * socket connected (or a connection opened) before the generation
+	 * with host names came into force: its sends meet no connect hook. */
+	if (gen->egress_restricted == AA_EGRESS_HOSTS && destination_port(skb) == bpf_htons(53)) {
+		report_net(gen->mode, sk->family, AA_NET_DNS_PACKET, 53);
+		return gen->mode == AA_MODE_AUDIT ? 1 : 0;
+	}
+	return 1;
 }
 
 char LICENSE[] SEC("license") = "GPL";

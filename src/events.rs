@@ -47,11 +47,23 @@ pub enum DenyReason {
 /// A socket, option or packet the egress allowlist cannot judge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NetDenial {
-    RawSocket { socket_type: u32, protocol: u32 },
-    PingSocket { protocol: u32 },
-    Protocol { protocol: u32 },
-    RoutingOption { level: u32, option: u32 },
+    RawSocket {
+        socket_type: u32,
+        protocol: u32,
+    },
+    PingSocket {
+        protocol: u32,
+    },
+    Protocol {
+        protocol: u32,
+    },
+    RoutingOption {
+        level: u32,
+        option: u32,
+    },
     RoutingPacket,
+    /// Under host rules, a DNS packet that did not go to the resolver.
+    DnsPacket,
 }
 
 /// Why a file access was denied.
@@ -415,6 +427,7 @@ impl NetDenial {
                 option: low,
             },
             abi::NET_ROUTING_PACKET => NetDenial::RoutingPacket,
+            abi::NET_DNS_PACKET => NetDenial::DnsPacket,
             _ => return None,
         })
     }
@@ -440,6 +453,10 @@ impl fmt::Display for NetDenial {
             NetDenial::RoutingPacket => write!(
                 f,
                 "packet with IPv4 options or an IPv6 routing header (ancillary data)"
+            ),
+            NetDenial::DnsPacket => write!(
+                f,
+                "DNS packet (port 53) that bypassed the resolver (a socket connected before host rules were in force)"
             ),
         }
     }

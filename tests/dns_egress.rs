@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::daemon::Daemon;
-use support::netns::{NetNs, Record, UPSTREAM, Zone};
+use support::netns::{LOCAL_STUB, NetNs, Record, UPSTREAM, Zone};
 use support::{default_policy_text, unique_pin_dir};
 
 const EPERM: i64 = 1;
@@ -402,6 +402,144 @@ fn a_reload_that_drops_a_host_revokes_its_addresses_before_it_reports_applied() 
         "learned before the restart: {context}"
     );
     assert_eq!(connect_result(&steps[1], "198.18.1.7"), "ok", "{context}");
+}
+
+#[test]
+fn a_dns_socket_connected_before_host_rules_cannot_bypass_the_resolver() {
+    if !support::kernel_available("dns_connected_before") {
+        return;
+    }
+    let netns = NetNs::create("dnsconn", zone());
+    // No host names yet: the loopback stub is an allowed destination.
+    let Some(daemon) = start_daemon("dns_connected_before", &netns, &[], "30") else {
+        return;
+    };
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", netns.path.display()))
+        .arg(env!("CARGO_BIN_EXE_aa-policyd"))
+        .arg("exec")
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("--")
+        .arg("python3")
+        .arg(helper())
+        .args([
+            &format!("udpconn:{LOCAL_STUB}"),
+            "udpsend:blocked.test",
+            "wait",
+            "udpsend:blocked.test",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the confined helper");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let mut next = || -> Value {
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        serde_json::from_str(&line).unwrap_or(Value::Null)
+    };
+    assert_eq!(next()["connected"], LOCAL_STUB);
+    assert_eq!(next()["rcode"], 0, "before host rules, the stub answers");
+
+    let generation = daemon.status().generation;
+    std::fs::write(&daemon.policy, policy_with_hosts(&["*.svc.test"])).expect("save");
+    let status = daemon.wait_for("the reload", |s| s.generation > generation);
+    assert_eq!(
+        status.last_reload.expect("reload").outcome.as_str(),
+        "applied"
+    );
+    writeln!(stdin, "go").expect("go-ahead");
+    assert_eq!(next()["waited"], true);
+    let after = next();
+    let _ = child.wait();
+    assert_eq!(
+        after["errno"],
+        EPERM,
+        "the connected socket still reaches the stub: {after}\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("bypassed the resolver"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// `n0.many.test` ... `n{names-1}.many.test`, each answering `per_name`
+/// addresses in 198.19.0.0/16 (no listeners).
+fn many_names(zone: &mut Zone, names: u32, per_name: u32) {
+    for i in 0..names {
+        let name: &'static str = Box::leak(format!("n{i}.many.test").into_boxed_str());
+        let records = (0..per_name)
+            .map(|j| {
+                let addr = format!(
+                    "198.19.{}.{}",
+                    (i * per_name + j) / 256,
+                    (i * per_name + j) % 256
+                );
+                Record::A(Box::leak(addr.into_boxed_str()), 300)
+            })
+            .collect();
+        zone.names.insert(name, records);
+    }
+}
+
+#[test]
+fn one_host_rule_cannot_fill_the_learned_maps_for_the_others() {
+    if !support::kernel_available("dns_capacity") {
+        return;
+    }
+    let mut zone = zone();
+    // 130 names of 64 addresses: more than one rule may hold (8,192).
+    many_names(&mut zone, 130, 64);
+    zone.names.insert(
+        "wide.svc.test",
+        (0..100)
+            .map(|j| Record::A(Box::leak(format!("198.19.200.{j}").into_boxed_str()), 300))
+            .collect(),
+    );
+    let netns = NetNs::create("dnscap", zone);
+    let Some(daemon) = start_daemon("dns_capacity", &netns, &["*.many.test", "*.svc.test"], "30")
+    else {
+        return;
+    };
+    let mut steps: Vec<String> = (0..130)
+        .map(|i| format!("raw:{UPSTREAM}:n{i}.many.test"))
+        .collect();
+    steps.push(format!("raw:{UPSTREAM}:wide.svc.test"));
+    steps.push("resolve:api.svc.test".to_owned());
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let results = confined_steps(&netns, &daemon, &steps);
+    let context = daemon.log();
+    let rcodes: Vec<i64> = results[..130]
+        .iter()
+        .map(|r| r["rcode"].as_i64().unwrap_or(-1))
+        .collect();
+    assert!(
+        rcodes[..128].iter().all(|&r| r == 0),
+        "{rcodes:?}\n{context}"
+    );
+    assert_eq!(
+        &rcodes[128..],
+        &[2, 2],
+        "SERVFAIL past the rule's share: {context}"
+    );
+    // Another rule still learns, and only the first 64 addresses of an
+    // answer count.
+    assert_eq!(results[130]["rcode"], 0, "{context}");
+    assert_eq!(
+        connect_result(&results[131], "198.18.1.1"),
+        "ok",
+        "{context}"
+    );
+    let learned = daemon.status().learned_addresses;
+    assert_eq!(learned, 8192 + 64 + 2, "{context}");
+    assert!(
+        context.contains("already allows 8192 addresses"),
+        "{context}"
+    );
 }
 
 #[test]

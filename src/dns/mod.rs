@@ -34,6 +34,25 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(30);
 /// Denied queries logged per second; the rest are counted.
 const DENIALS_LOGGED_PER_SECOND: u32 = 50;
+/// Addresses taken from one answer (real ones carry a handful; the rest of
+/// a larger one is not allowed).
+pub const MAX_ADDRESSES_PER_ANSWER: usize = 64;
+/// Destinations one host rule may keep allowed at once: a rule whose zone
+/// an agent controls (`*.example.io`) can fill only its share of the maps.
+pub const MAX_LEARNED_PER_RULE: usize = 8192;
+/// Entries of LEARNED4 and of LEARNED6 (`max_entries` in the probes).
+const LEARNED_CAPACITY: usize = 65536;
+
+/// Why an answer's addresses could not be allowed (it is not passed on).
+#[derive(Debug, thiserror::Error)]
+pub enum LearnError {
+    #[error(transparent)]
+    Kernel(#[from] LoaderError),
+    #[error("host rule {rule} already allows {limit} addresses (the most one rule may)")]
+    RuleFull { rule: HostRule, limit: usize },
+    #[error("the learned-address map for IPv{family} is full ({LEARNED_CAPACITY} entries)")]
+    MapFull { family: u8 },
+}
 
 /// How the resolver forwards and how long answers count.
 #[derive(Clone, Debug)]
@@ -278,6 +297,16 @@ impl DnsEgress {
         }
     }
 
+    /// Says that answers go unanswered for want of room (rate-limited
+    /// with the denials: a flood of them is one process's doing).
+    fn report_full(&self, state: &mut State, error: &LearnError) {
+        if self.admit_report(state) {
+            tracing::warn!(
+                "{error}: answers that need more are SERVFAIL until addresses expire or a reload drops their rule"
+            );
+        }
+    }
+
     /// Rate limit for denial reports: a confined process can ask as fast
     /// as it likes, the journal should not have to keep up.
     fn admit_report(&self, state: &mut State) -> bool {
@@ -310,15 +339,43 @@ impl DnsEgress {
         &self,
         rules: &[HostRule],
         addresses: &[(IpAddr, u32)],
-    ) -> Result<usize, LoaderError> {
+    ) -> Result<usize, LearnError> {
         let mut state = self.lock();
         self.answers.fetch_add(1, Ordering::Relaxed);
         let now = boot_time_ns();
-        let mut allowed = 0;
+        let addresses = &addresses[..addresses.len().min(MAX_ADDRESSES_PER_ANSWER)];
         let in_force: Vec<&HostRule> = rules
             .iter()
             .filter(|rule| state.hosts.contains(*rule))
             .collect();
+        // All or nothing: checked before the first write.
+        let mut new = [0usize; 2];
+        for rule in &in_force {
+            let fresh: BTreeSet<LearnedDest> = addresses
+                .iter()
+                .map(|&(addr, _)| LearnedDest::new(addr, rule.port))
+                .filter(|dest| !state.table.owns(rule, dest))
+                .collect();
+            if state.table.owned_by(rule) + fresh.len() > MAX_LEARNED_PER_RULE {
+                let error = LearnError::RuleFull {
+                    rule: (*rule).clone(),
+                    limit: MAX_LEARNED_PER_RULE,
+                };
+                self.report_full(&mut state, &error);
+                return Err(error);
+            }
+            for dest in fresh.iter().filter(|dest| !state.table.contains(dest)) {
+                new[usize::from(dest.addr.is_ipv4())] += 1;
+            }
+        }
+        for (family, ipv4) in [(6, false), (4, true)] {
+            if state.table.len_of_family(ipv4) + new[usize::from(ipv4)] > LEARNED_CAPACITY {
+                let error = LearnError::MapFull { family };
+                self.report_full(&mut state, &error);
+                return Err(error);
+            }
+        }
+        let mut allowed = 0;
         for rule in in_force {
             for &(addr, ttl) in addresses {
                 let lifetime = Duration::from_secs(u64::from(ttl))

@@ -322,6 +322,10 @@ async fn answer(dns: &DnsEgress, bytes: &[u8], transport: Transport) -> Option<V
                 return message::reply(bytes, RCODE::Refused);
             }
             Ok(_) => log_answer(&query, &parsed),
+            // Reported (rate-limited) where the room ran out.
+            Err(super::LearnError::RuleFull { .. } | super::LearnError::MapFull { .. }) => {
+                return message::reply(bytes, RCODE::ServerFailure);
+            }
             Err(error) => {
                 tracing::error!(
                     name = %query.name,

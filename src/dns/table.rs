@@ -31,11 +31,34 @@ pub struct LearnedTable {
     entries: BTreeMap<LearnedDest, Entry>,
     by_owner: BTreeMap<HostRule, BTreeSet<LearnedDest>>,
     by_expiry: BTreeSet<(u64, LearnedDest)>,
+    /// Entries with an IPv4 address.
+    ipv4: usize,
 }
 
 impl LearnedTable {
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Entries of one address family (each has a map of its own).
+    pub fn len_of_family(&self, ipv4: bool) -> usize {
+        if ipv4 {
+            self.ipv4
+        } else {
+            self.entries.len() - self.ipv4
+        }
+    }
+
+    /// How many destinations `owner` justifies.
+    pub fn owned_by(&self, owner: &HostRule) -> usize {
+        self.by_owner.get(owner).map_or(0, BTreeSet::len)
+    }
+
+    /// Whether `owner` already justifies `dest`.
+    pub fn owns(&self, owner: &HostRule, dest: &LearnedDest) -> bool {
+        self.by_owner
+            .get(owner)
+            .is_some_and(|dests| dests.contains(dest))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,6 +82,9 @@ impl LearnedTable {
 
     /// Records that `owner` justifies `dest` until at least `expires_ns`.
     pub fn record(&mut self, owner: &HostRule, dest: &LearnedDest, expires_ns: u64) {
+        if !self.entries.contains_key(dest) && dest.addr.is_ipv4() {
+            self.ipv4 += 1;
+        }
         let entry = self.entries.entry(*dest).or_insert_with(|| Entry {
             expires_ns: 0,
             owners: BTreeSet::new(),
@@ -121,6 +147,9 @@ impl LearnedTable {
 
     fn forget(&mut self, dest: &LearnedDest) {
         if let Some(entry) = self.entries.remove(dest) {
+            if dest.addr.is_ipv4() {
+                self.ipv4 -= 1;
+            }
             self.by_expiry.remove(&(entry.expires_ns, *dest));
             for owner in entry.owners {
                 if let Some(dests) = self.by_owner.get_mut(&owner) {
@@ -170,6 +199,11 @@ mod tests {
         table.record(&rule("a.test"), &shared, 100);
         table.record(&rule("b.test"), &shared, 100);
         table.record(&rule("a.test"), &own, 100);
+        assert_eq!(
+            (table.len_of_family(true), table.len_of_family(false)),
+            (1, 1)
+        );
+        assert_eq!(table.owned_by(&rule("a.test")), 2);
         let kept = BTreeSet::from([rule("b.test")]);
         assert_eq!(table.retain_owners(&kept), vec![Change::Remove(own)]);
         assert!(table.contains(&shared));
@@ -183,6 +217,7 @@ mod tests {
         );
         assert!(table.is_empty());
         assert!(table.by_owner.is_empty() && table.by_expiry.is_empty());
+        assert_eq!(table.len_of_family(true), 0);
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub const NET_PING_SOCKET: u32 = 2;
 pub const NET_PROTOCOL: u32 = 3;
 pub const NET_ROUTING_OPTION: u32 = 4;
 pub const NET_ROUTING_PACKET: u32 = 5;
+pub const NET_DNS_PACKET: u32 = 6;
 
 pub const ACCESS_READ: u8 = 1;
 pub const ACCESS_WRITE: u8 = 2;

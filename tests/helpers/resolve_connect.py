@@ -13,6 +13,10 @@ line.
   bound:DEV:SERVER:NAME the same from a socket bound to DEV (SO_BINDTODEVICE)
   hold:SERVER:N         opens N TCP connections to SERVER:53 and keeps them
                         open until the end (a client hogging the resolver)
+  udpconn:SERVER        connects a UDP socket to SERVER:53 and keeps it
+  udpsend:NAME          sends an A query on that connected socket (no
+                        address: no connect or sendmsg hook sees it):
+                        {"rcode": N} or {"errno": N}
   wait                  reads one line from stdin (the test's go-ahead)
   sleep:SECONDS
 """
@@ -48,11 +52,29 @@ def resolve(name, port):
     return {"addrs": {addr: connect(addr, port) for addr in addrs}}
 
 
-def raw_query(server, name, family=socket.AF_INET, device=None):
+def a_query(name):
     query_id = int.from_bytes(os.urandom(2), "big")
     header = struct.pack(">HHHHHH", query_id, 0x0100, 1, 0, 0, 0)
     labels = b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
-    question = labels + b"\x00" + struct.pack(">HH", 1, 1)
+    return query_id, header + labels + b"\x00" + struct.pack(">HH", 1, 1)
+
+
+CONNECTED = []
+
+
+def udp_send(name):
+    _, query = a_query(name)
+    sock = CONNECTED[0]
+    try:
+        sock.send(query)
+        reply = sock.recv(4096)
+    except OSError as error:
+        return {"error": str(error), "errno": error.errno}
+    return {"rcode": struct.unpack(">H", reply[2:4])[0] & 0xF}
+
+
+def raw_query(server, name, family=socket.AF_INET, device=None):
+    query_id, query = a_query(name)
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.settimeout(5)
     try:
@@ -60,7 +82,7 @@ def raw_query(server, name, family=socket.AF_INET, device=None):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         if family == socket.AF_INET6:
             server = "::ffff:" + server
-        sock.sendto(header + question, (server, 53))
+        sock.sendto(query, (server, 53))
         reply, source = sock.recvfrom(4096)
     except OSError as error:
         return {"error": str(error), "errno": error.errno}
@@ -115,6 +137,14 @@ def main():
         elif kind == "hold":
             server, _, count = rest.partition(":")
             result = hold(server, int(count))
+        elif kind == "udpconn":
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.settimeout(3)
+            sock.connect((rest, 53))
+            CONNECTED.append(sock)
+            result = {"connected": rest}
+        elif kind == "udpsend":
+            result = udp_send(rest)
         elif kind == "wait":
             sys.stdin.readline()
             result = {"waited": True}
