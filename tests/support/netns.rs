@@ -211,6 +211,8 @@ impl Drop for NetNs {
             .args(["netns", "del", &self.name])
             .status();
         let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
+        // Made by the first namespace if the host had none; kept if in use.
+        let _ = std::fs::remove_dir("/etc/netns");
     }
 }
 
