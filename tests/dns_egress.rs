@@ -71,9 +71,10 @@ fn parse_steps(stdout: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Runs the helper's `steps` confined by `daemon`, inside `netns`.
-fn confined_steps(netns: &NetNs, daemon: &Daemon, steps: &[&str]) -> Vec<Value> {
-    let out = Command::new("nsenter")
+/// The helper with `steps`, to run confined by `daemon` inside `netns`.
+fn confined_command(netns: &NetNs, daemon: &Daemon, steps: &[&str]) -> Command {
+    let mut command = Command::new("nsenter");
+    command
         .arg(format!("--net={}", netns.path.display()))
         .arg(env!("CARGO_BIN_EXE_aa-policyd"))
         .arg("exec")
@@ -82,7 +83,13 @@ fn confined_steps(netns: &NetNs, daemon: &Daemon, steps: &[&str]) -> Vec<Value> 
         .arg("--")
         .arg("python3")
         .arg(helper())
-        .args(steps)
+        .args(steps);
+    command
+}
+
+/// Runs the helper's `steps` confined by `daemon`, inside `netns`.
+fn confined_steps(netns: &NetNs, daemon: &Daemon, steps: &[&str]) -> Vec<Value> {
+    let out = confined_command(netns, daemon, steps)
         .output()
         .expect("run the confined helper");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -94,6 +101,30 @@ fn confined_steps(netns: &NetNs, daemon: &Daemon, steps: &[&str]) -> Vec<Value> 
         daemon.log()
     );
     parse_steps(&stdout)
+}
+
+/// A confined helper the test talks to while it runs (its `wait` steps
+/// read the test's go-ahead): the child, its stdin, and its steps' results.
+fn confined_interactive(
+    netns: &NetNs,
+    daemon: &Daemon,
+    steps: &[&str],
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    impl Iterator<Item = Value> + use<>,
+) {
+    let mut child = confined_command(netns, daemon, steps)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the confined helper");
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let results = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .map(|line| serde_json::from_str(&line).unwrap_or(Value::Null));
+    (child, stdin, results)
 }
 
 fn start_daemon(name: &str, netns: &NetNs, hosts: &[&str], min_ttl: &str) -> Option<Daemon> {
@@ -321,34 +352,19 @@ fn a_reload_that_drops_a_host_revokes_its_addresses_before_it_reports_applied() 
     else {
         return;
     };
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", netns.path.display()))
-        .arg(env!("CARGO_BIN_EXE_aa-policyd"))
-        .arg("exec")
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .arg("--")
-        .arg("python3")
-        .arg(helper())
-        .args([
+    let (mut child, mut stdin, mut results) = confined_interactive(
+        &netns,
+        &daemon,
+        &[
             "resolve:removed.test",
             "resolve:keep.test",
             "wait",
             "connect:198.18.1.6",
             "connect:198.18.1.7",
             "resolve:removed.test",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the confined helper");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let first: Vec<Value> = (0..2)
-        .filter_map(|_| lines.next()?.ok())
-        .filter_map(|line| serde_json::from_str(&line).ok())
-        .collect();
+        ],
+    );
+    let first: Vec<Value> = results.by_ref().take(2).collect();
     assert_eq!(first.len(), 2, "{first:?}\n{}", daemon.log());
     assert_eq!(connect_result(&first[0], "198.18.1.6"), "ok", "{first:?}");
     assert_eq!(connect_result(&first[1], "198.18.1.7"), "ok", "{first:?}");
@@ -367,10 +383,7 @@ fn a_reload_that_drops_a_host_revokes_its_addresses_before_it_reports_applied() 
     );
 
     writeln!(stdin, "go").expect("go-ahead");
-    let rest: Vec<Value> = lines
-        .map_while(Result::ok)
-        .filter_map(|line| serde_json::from_str(&line).ok())
-        .collect();
+    let rest: Vec<Value> = results.collect();
     let _ = child.wait();
     let context = format!("{rest:#?}\n{}", daemon.log());
     assert_eq!(rest.len(), 4, "{context}");
@@ -414,32 +427,18 @@ fn a_dns_socket_connected_before_host_rules_cannot_bypass_the_resolver() {
     let Some(daemon) = start_daemon("dns_connected_before", &netns, &[], "30") else {
         return;
     };
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", netns.path.display()))
-        .arg(env!("CARGO_BIN_EXE_aa-policyd"))
-        .arg("exec")
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .arg("--")
-        .arg("python3")
-        .arg(helper())
-        .args([
-            &format!("udpconn:{LOCAL_STUB}"),
+    let connect = format!("udpconn:{LOCAL_STUB}");
+    let (mut child, mut stdin, mut results) = confined_interactive(
+        &netns,
+        &daemon,
+        &[
+            &connect,
             "udpsend:blocked.test",
             "wait",
             "udpsend:blocked.test",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the confined helper");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let mut next = || -> Value {
-        let line = lines.next().and_then(Result::ok).unwrap_or_default();
-        serde_json::from_str(&line).unwrap_or(Value::Null)
-    };
+        ],
+    );
+    let mut next = || results.next().unwrap_or(Value::Null);
     assert_eq!(next()["connected"], LOCAL_STUB);
     assert_eq!(next()["rcode"], 0, "before host rules, the stub answers");
 
