@@ -131,6 +131,7 @@ while :; do
     dump
     if grep -q '"AA_EVENT":"denied_syscall"' "$T/journal.json" \
         && grep -q '"AA_EVENT":"denied_file"' "$T/journal.json" \
+        && grep -q '"AA_EVENT":"denied_dns"' "$T/journal.json" \
         && grep -q '"TRIGGER":"file-change"' "$T/journal.json"; then
         break
     fi
@@ -177,10 +178,12 @@ spec:
   syscalls:
     allow: [\"@default\", \"@file-system\", \"@io-event\", \"@ipc\", \"@memory\",
             \"@process\", \"@signal\", \"@timer\", \"@credentials\", \"@resources\",
-            read, readv, pread64, close, close_range, dup, dup2, dup3, lseek, ioctl,
-            sysinfo, umask, setpgid, setsid, getcpu{extra}]
+            \"@network-io\", read, readv, pread64, close, close_range, dup, dup2, dup3,
+            lseek, ioctl, sysinfo, umask, setpgid, setsid, getcpu{extra}]
   filesystem:
     deny: [{}]
+  network:
+    allowlist: [api.example.test]
 ",
         denied.display()
     )
@@ -459,6 +462,22 @@ fn reloads_and_deny_events_reach_journald_as_structured_fields() {
         .expect("run aa-policyd exec");
     assert_eq!(exec.status.code(), Some(137), "cat is killed at its open");
 
+    // 4b. One DNS denial: a name the allowlist does not name, looked up
+    // through glibc (redirected to the daemon's resolver, refused).
+    let exec = Command::new(env!("CARGO_BIN_EXE_aa-policyd"))
+        .args(["exec", "--socket"])
+        .arg(&socket)
+        .args(["--", "getent", "hosts", "refused.example.test"])
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run aa-policyd exec");
+    assert_eq!(
+        exec.status.code(),
+        Some(2),
+        "getent finds nothing: {exec:?}"
+    );
+
     // 5. The script dumps the journal and stops everything.
     std::fs::write(scenario.path("done"), "").expect("signal done");
     let exit = scenario.wait_script(Duration::from_secs(60));
@@ -612,4 +631,26 @@ fn reloads_and_deny_events_reach_journald_as_structured_fields() {
         "{event:?}"
     );
     assert_eq!(field(event, "PRIORITY"), Some("4"), "warning: {event:?}");
+
+    // The DNS denial, with the name and type.
+    let event = ours
+        .iter()
+        .find(|e| field(e, "AA_EVENT") == Some("denied_dns"))
+        .unwrap_or_else(|| panic!("no AA_EVENT=denied_dns entry\n{}", context()));
+    assert_eq!(
+        field(event, "DNS_NAME"),
+        Some("refused.example.test"),
+        "{event:?}"
+    );
+    assert!(
+        matches!(field(event, "DNS_TYPE"), Some("A" | "AAAA")),
+        "{event:?}"
+    );
+    assert_eq!(field(event, "PRIORITY"), Some("4"), "warning: {event:?}");
+    assert!(
+        field(event, "MESSAGE").is_some_and(|m| m
+            .starts_with("denied DNS query for refused.example.test")
+            && m.ends_with("refused")),
+        "{event:?}"
+    );
 }
