@@ -84,9 +84,10 @@ pub fn parse_upstream(raw: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{raw}` is not IP, IP:PORT or [IPv6]:PORT"))
 }
 
-/// The nameservers of a resolv.conf text (port 53).
+/// The nameservers of a resolv.conf text (port 53); none listed means
+/// 127.0.0.1, as glibc reads it.
 pub fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
-    resolv_conf
+    let listed: Vec<SocketAddr> = resolv_conf
         .lines()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
@@ -97,7 +98,12 @@ pub fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
         // A scoped link-local server (`fe80::1%eth0`) names its interface.
         .filter_map(|addr| addr.split('%').next()?.parse::<IpAddr>().ok())
         .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
+        .collect();
+    if listed.is_empty() {
+        vec![SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 53))]
+    } else {
+        listed
+    }
 }
 
 /// A query the policy does not allow.
@@ -438,6 +444,10 @@ mod tests {
                 "10.255.255.53:53".parse().unwrap(),
                 "[fe80::1]:53".parse().unwrap()
             ]
+        );
+        assert_eq!(
+            nameservers("search example\n"),
+            vec!["127.0.0.1:53".parse().unwrap()]
         );
     }
 
