@@ -222,8 +222,8 @@ async fn serve_until_signalled(
     if let Some(resolver) = resolver {
         resolver.abort();
     }
-    // Confined DNS then meets the egress allowlist (and fails closed)
-    // instead of a port nobody answers on.
+    // Confined DNS under host rules is then refused at once instead of
+    // sent to a port nobody answers on.
     if let Err(error) = dns.set_resolver(0, 0, 0) {
         tracing::warn!("could not withdraw the DNS resolver: {error}");
     }

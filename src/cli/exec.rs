@@ -1,13 +1,13 @@
 //! `aa-policyd exec --policy POLICY -- CMD [ARGS...]`: run one command
-//! confined, standalone (no daemon), and exit with its status.
+//! confined, standalone (no daemon), and exit with its status; when the
+//! policy names hosts, this process also runs the resolver for CMD's DNS.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use std::collections::BTreeSet;
 
 use aa_policyd::delta::diff;
 use aa_policyd::dns::resolver::ResolverSockets;

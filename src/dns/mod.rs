@@ -236,20 +236,14 @@ impl DnsEgress {
         self.lock().maps.set_resolver(port4, port6, netns_cookie)
     }
 
-    /// The host rules in force.
-    pub fn hosts(&self) -> BTreeSet<HostRule> {
-        self.lock().hosts.clone()
-    }
-
     /// Before a generation with `next` host rules is applied: only the
     /// rules in force both now and then may still allow anything, and the
     /// addresses no such rule justifies are removed from the kernel now.
     pub fn prepare(&self, next: &BTreeSet<HostRule>) -> Result<usize, LoaderError> {
         let mut state = self.lock();
         let kept: BTreeSet<HostRule> = state.hosts.intersection(next).cloned().collect();
-        state.hosts = kept;
-        let kept = state.hosts.clone();
         let changes = state.table.retain_owners(&kept);
+        state.hosts = kept;
         let removed = changes.len();
         self.write(&mut state, changes)?;
         Ok(removed)
