@@ -639,14 +639,54 @@ pub fn wait_readable(ring: &aya::maps::RingBuf<aya::maps::MapData>, timeout_ms: 
     unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
 }
 
+/// A one-second window that admits up to `per_second` things and counts
+/// the rest: how floods are logged (probe events, denied DNS queries).
+#[derive(Debug)]
+pub struct FloodWindow {
+    per_second: u32,
+    started: std::time::Instant,
+    admitted: u32,
+    suppressed: u64,
+}
+
+impl FloodWindow {
+    pub fn new(per_second: u32) -> Self {
+        FloodWindow {
+            per_second,
+            started: std::time::Instant::now(),
+            admitted: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more may be logged in this second (else it is counted).
+    pub fn admit(&mut self) -> bool {
+        if self.admitted < self.per_second {
+            self.admitted += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Ends the window if its second is over, returning how many it did
+    /// not admit; `None` while the second lasts.
+    pub fn roll(&mut self) -> Option<u64> {
+        if self.started.elapsed() < std::time::Duration::from_secs(1) {
+            return None;
+        }
+        let suppressed = self.suppressed;
+        *self = FloodWindow::new(self.per_second);
+        Some(suppressed)
+    }
+}
+
 /// Logs every event, up to `per_second` a second; beyond that, counts them
 /// and logs how many were suppressed once the flood's second is over,
 /// together with how many the kernel dropped (ring buffer full).
 pub struct RateLimitedLog {
-    per_second: u32,
-    window_start: std::time::Instant,
-    logged: u32,
-    suppressed: u64,
+    window: FloodWindow,
     kernel_drops: u64,
 }
 
@@ -655,20 +695,14 @@ impl RateLimitedLog {
     /// outlives a restart, and what was lost before is not this run's news).
     pub fn new(per_second: u32, kernel_drops: u64) -> Self {
         RateLimitedLog {
-            per_second,
-            window_start: std::time::Instant::now(),
-            logged: 0,
-            suppressed: 0,
+            window: FloodWindow::new(per_second),
             kernel_drops,
         }
     }
 
     pub fn log(&mut self, event: &Event) {
-        if self.logged < self.per_second {
-            self.logged += 1;
+        if self.window.admit() {
             event.log();
-        } else {
-            self.suppressed += 1;
         }
     }
 
@@ -676,26 +710,22 @@ impl RateLimitedLog {
     /// suppressed and any new kernel drops (`kernel_drops` is the probes'
     /// running total, when known).
     pub fn roll_window(&mut self, kernel_drops: Option<u64>) {
-        if self.window_start.elapsed() < std::time::Duration::from_secs(1) {
+        let Some(suppressed) = self.window.roll() else {
             return;
-        }
+        };
         let new_drops = kernel_drops.map_or(0, |total| total.saturating_sub(self.kernel_drops));
         if let Some(total) = kernel_drops {
             self.kernel_drops = total;
         }
-        if self.suppressed > 0 || new_drops > 0 {
+        if suppressed > 0 || new_drops > 0 {
             tracing::warn!(
                 aa_event = "suppressed",
-                suppressed = self.suppressed,
+                suppressed,
                 drops = new_drops,
-                "event flood: {} events not logged in the last second, {new_drops} lost in the kernel ring buffer ({} lost in total)",
-                self.suppressed,
+                "event flood: {suppressed} events not logged in the last second, {new_drops} lost in the kernel ring buffer ({} lost in total)",
                 self.kernel_drops
             );
         }
-        self.window_start = std::time::Instant::now();
-        self.logged = 0;
-        self.suppressed = 0;
     }
 }
 

@@ -20,8 +20,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::events::FloodWindow;
 use crate::loader::LoaderError;
 use crate::loader::learned::{LearnedDest, LearnedMaps, boot_time_ns};
 use crate::ruleset::{HostRule, Mode};
@@ -32,8 +33,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The default shortest: clients and runtimes that cache answers (the JVM
 /// keeps them 30 s by default) connect again after a short TTL ran out.
 pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(30);
-/// Denied queries logged per second; the rest are counted.
-const DENIALS_LOGGED_PER_SECOND: u32 = 50;
+/// Denied queries (and full maps) logged per second; the rest are counted.
+const REPORTS_PER_SECOND: u32 = 50;
 /// Addresses taken from one answer (real ones carry a handful; the rest of
 /// a larger one is not allowed).
 pub const MAX_ADDRESSES_PER_ANSWER: usize = 64;
@@ -106,6 +107,40 @@ pub fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
     }
 }
 
+/// The nameservers of `/etc/resolv.conf`, read again only when the file
+/// changes (one stat per query, as glibc does): the daemon's own file may
+/// be rewritten by DHCP or a network manager while it runs.
+#[derive(Default)]
+struct ResolvConf {
+    cached: Mutex<Option<(FileVersion, Vec<SocketAddr>)>>,
+}
+
+/// A file's inode and modification time: which content was read.
+type FileVersion = (u64, std::time::SystemTime);
+
+impl ResolvConf {
+    const PATH: &'static str = "/etc/resolv.conf";
+
+    fn nameservers(&self) -> Vec<SocketAddr> {
+        use std::os::unix::fs::MetadataExt;
+        let version = std::fs::metadata(Self::PATH)
+            .ok()
+            .and_then(|meta| Some((meta.ino(), meta.modified().ok()?)));
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (&*cached, version) {
+            (Some((read, servers)), Some(now)) if *read == now => servers.clone(),
+            _ => {
+                let servers = nameservers(&std::fs::read_to_string(Self::PATH).unwrap_or_default());
+                *cached = version.map(|version| (version, servers.clone()));
+                servers
+            }
+        }
+    }
+}
+
 /// A query the policy does not allow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsDenial {
@@ -158,16 +193,19 @@ struct State {
     mode: Mode,
     table: LearnedTable,
     maps: LearnedMaps,
-    denials_window: (Instant, u32, u64),
+    /// Reports of denied queries and full maps: a confined process can ask
+    /// as fast as it likes, the journal should not have to keep up.
+    reports: FloodWindow,
 }
 
 /// The shared state of DNS-aware egress for one pin dir.
 pub struct DnsEgress {
     state: Mutex<State>,
-    pub options: DnsOptions,
+    options: DnsOptions,
     map_writes: AtomicU64,
     answers: AtomicU64,
     on_denial: Box<dyn Fn(&DnsDenial) + Send + Sync>,
+    resolv_conf: ResolvConf,
 }
 
 impl DnsEgress {
@@ -197,12 +235,13 @@ impl DnsEgress {
                 mode: Mode::Enforce,
                 table: LearnedTable::default(),
                 maps,
-                denials_window: (Instant::now(), 0, 0),
+                reports: FloodWindow::new(REPORTS_PER_SECOND),
             }),
             options,
             map_writes: AtomicU64::new(stale as u64),
             answers: AtomicU64::new(0),
             on_denial,
+            resolv_conf: ResolvConf::default(),
         })
     }
 
@@ -211,6 +250,16 @@ impl DnsEgress {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Where allowed queries go, in order: `--dns-upstream`, else the
+    /// nameservers of `/etc/resolv.conf` as it is now.
+    pub fn upstreams(&self) -> Vec<SocketAddr> {
+        if self.options.upstreams.is_empty() {
+            self.resolv_conf.nameservers()
+        } else {
+            self.options.upstreams.clone()
+        }
     }
 
     /// Addresses allowed now.
@@ -256,9 +305,16 @@ impl DnsEgress {
         state.mode = mode;
     }
 
-    /// Removes what has expired; returns how many.
+    /// Removes what has expired, and says how many reports the last
+    /// second's flood did not log; returns how many addresses expired.
     pub fn expire(&self) -> Result<usize, LoaderError> {
         let mut state = self.lock();
+        if let Some(suppressed @ 1..) = state.reports.roll() {
+            tracing::warn!(
+                suppressed,
+                "{suppressed} more denied DNS queries or full-map answers in the last second (not logged one by one)"
+            );
+        }
         let changes = state.table.expire(boot_time_ns());
         let removed = changes.len();
         self.write(&mut state, changes)?;
@@ -287,7 +343,7 @@ impl DnsEgress {
             qtype: qtype.to_owned(),
             mode,
         };
-        if self.admit_report(&mut state) {
+        if state.reports.admit() {
             drop(state);
             (self.on_denial)(&denial);
         }
@@ -300,34 +356,10 @@ impl DnsEgress {
     /// Says that answers go unanswered for want of room (rate-limited
     /// with the denials: a flood of them is one process's doing).
     fn report_full(&self, state: &mut State, error: &LearnError) {
-        if self.admit_report(state) {
+        if state.reports.admit() {
             tracing::warn!(
                 "{error}: answers that need more are SERVFAIL until addresses expire or a reload drops their rule"
             );
-        }
-    }
-
-    /// Rate limit for denial reports: a confined process can ask as fast
-    /// as it likes, the journal should not have to keep up.
-    fn admit_report(&self, state: &mut State) -> bool {
-        let (started, logged, suppressed) = &mut state.denials_window;
-        if started.elapsed() >= Duration::from_secs(1) {
-            if *suppressed > 0 {
-                tracing::warn!(
-                    suppressed = *suppressed,
-                    "{suppressed} more denied DNS queries in the last second (not logged one by one)"
-                );
-            }
-            *started = Instant::now();
-            *logged = 0;
-            *suppressed = 0;
-        }
-        if *logged < DENIALS_LOGGED_PER_SECOND {
-            *logged += 1;
-            true
-        } else {
-            *suppressed += 1;
-            false
         }
     }
 

@@ -197,10 +197,23 @@ async fn serve_udp(
     loop {
         let (len, client) = match socket.recv_from(&mut buffer).await {
             Ok(received) => received,
-            // A client that went away (ICMP errors on loopback) is no
-            // reason to stop serving the others.
-            Err(error) if error.kind() != io::ErrorKind::OutOfMemory => continue,
-            Err(error) => return Err(error),
+            // A client that went away (an ICMP error for an earlier reply)
+            // is no reason to stop serving the others.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                continue;
+            }
+            // Anything else (out of memory): wait instead of spinning, and
+            // go on serving.
+            Err(error) => {
+                tracing::warn!("DNS resolver: receiving a query: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         // Saturated (in all, or this client): dropped, the client retries.
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
@@ -378,12 +391,7 @@ fn random_id() -> u16 {
 /// Sends `query` (under a fresh ID) to each upstream in turn; returns the
 /// first response and the ID it must carry.
 async fn forward(dns: &DnsEgress, query: &[u8], transport: Transport) -> Option<(Vec<u8>, u16)> {
-    let upstreams = if dns.options.upstreams.is_empty() {
-        super::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
-    } else {
-        dns.options.upstreams.clone()
-    };
-    for upstream in upstreams {
+    for upstream in dns.upstreams() {
         let id = random_id();
         let outgoing = message::with_id(query, id);
         let response = match transport {

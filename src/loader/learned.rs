@@ -11,12 +11,13 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, Map, MapData};
 
 use super::LoaderError;
 use super::abi::{Learned4Key, Learned6Key, LearnedValue, ResolverConfig};
 use super::maps::map_err;
 use super::pins::PinLayout;
+use super::rule_keys::remove_ignoring_missing;
 
 /// One learned destination: an address and the port of the host rule that
 /// allowed it (0: any port). IPv4-mapped IPv6 addresses are kept as IPv4,
@@ -109,23 +110,12 @@ impl LearnedMaps {
             IpAddr::V4(addr) => self.v4.remove(&key4(dest, addr)),
             IpAddr::V6(addr) => self.v6.remove(&key6(dest, addr)),
         };
-        match result {
-            Ok(()) => Ok(()),
-            Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(error))
-                if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(error) => Err(map_err(
-                if dest.addr.is_ipv4() {
-                    "LEARNED4"
-                } else {
-                    "LEARNED6"
-                },
-                dest.to_string(),
-            )(error)),
-        }
+        let map = if dest.addr.is_ipv4() {
+            "LEARNED4"
+        } else {
+            "LEARNED6"
+        };
+        remove_ignoring_missing(result).map_err(map_err(map, dest.to_string()))
     }
 
     /// Removes every learned address (a new resolver does not know who
@@ -135,16 +125,10 @@ impl LearnedMaps {
         let v6: Vec<Learned6Key> = self.v6.keys().filter_map(Result::ok).collect();
         let count = v4.len() + v6.len();
         for key in v4 {
-            match self.v4.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_err("LEARNED4", "")(error)),
-            }
+            remove_ignoring_missing(self.v4.remove(&key)).map_err(map_err("LEARNED4", ""))?;
         }
         for key in v6 {
-            match self.v6.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_err("LEARNED6", "")(error)),
-            }
+            remove_ignoring_missing(self.v6.remove(&key)).map_err(map_err("LEARNED6", ""))?;
         }
         Ok(count)
     }
