@@ -404,34 +404,49 @@ int egress_sockopt(struct bpf_sockopt *ctx)
 	return gen->mode == AA_MODE_AUDIT ? 1 : 0;
 }
 
+/* Walks an IPv6 packet's extension headers (hop-by-hop, destination
+ * options, fragment; at most 8). Leaves in *next the header that follows
+ * them and in *offset where it starts. Returns 1 at a routing header or
+ * when there are more extension headers than a sender needs, -1 when the
+ * packet cannot be read, 0 otherwise; after a fragment that is not the
+ * first, *next stays 44 (no transport header follows). */
+static __always_inline int ipv6_headers(struct __sk_buff *skb, __u8 *next, __u32 *offset)
+{
+	if (bpf_skb_load_bytes(skb, 6, next, 1))
+		return -1;
+	*offset = 40;
+	for (int i = 0; i < 8; i++) {
+		if (*next == 43 /* routing */)
+			return 1;
+		if (*next != 0 /* hop-by-hop */ && *next != 60 /* destination options */ &&
+		    *next != 44 /* fragment */)
+			return 0;
+		__u8 header[4] = {};
+		if (bpf_skb_load_bytes(skb, *offset, header, 4))
+			return -1;
+		if (*next == 44 && ((header[2] << 8 | header[3]) & 0xfff8))
+			return 0;
+		*offset += *next == 44 ? 8 : ((__u32)header[1] + 1) * 8;
+		*next = header[0];
+	}
+	return 1;
+}
+
 /* Whether an outgoing packet carries IPv4 options or an IPv6 routing
  * header, which send it somewhere other than its checked destination. */
 static __always_inline int routes_elsewhere(struct __sk_buff *skb)
 {
-	__u8 first = 0;
-	if (bpf_skb_load_bytes(skb, 0, &first, 1))
-		return 0;
-	if (skb->protocol == bpf_htons(0x0800 /* ETH_P_IP */))
+	if (skb->protocol == bpf_htons(0x0800 /* ETH_P_IP */)) {
+		__u8 first = 0;
+		if (bpf_skb_load_bytes(skb, 0, &first, 1))
+			return 0;
 		return (first & 0x0f) > 5;
+	}
 	if (skb->protocol != bpf_htons(0x86dd /* ETH_P_IPV6 */))
 		return 0;
 	__u8 next = 0;
-	if (bpf_skb_load_bytes(skb, 6, &next, 1))
-		return 0;
-	__u32 offset = 40;
-	for (int i = 0; i < 8; i++) {
-		if (next == 43 /* routing */)
-			return 1;
-		if (next != 0 /* hop-by-hop */ && next != 60 /* destination options */ &&
-		    next != 44 /* fragment */)
-			return 0;
-		__u8 header[2] = {};
-		if (bpf_skb_load_bytes(skb, offset, header, 2))
-			return 0;
-		offset += next == 44 ? 8 : ((__u32)header[1] + 1) * 8;
-		next = header[0];
-	}
-	return 1; /* more extension headers than a sender needs: refuse */
+	__u32 offset = 0;
+	return ipv6_headers(skb, &next, &offset) == 1;
 }
 
 /* The destination port of a TCP, UDP or UDP-Lite packet (network order),
@@ -449,22 +464,8 @@ static __always_inline __u16 destination_port(struct __sk_buff *skb)
 		if (fragment & bpf_htons(0x1fff))
 			return 0;
 		offset = ((__u32)first & 0x0f) * 4;
-	} else if (skb->protocol == bpf_htons(0x86dd /* ETH_P_IPV6 */)) {
-		if (bpf_skb_load_bytes(skb, 6, &next, 1))
-			return 0;
-		offset = 40;
-		for (int i = 0; i < 8; i++) {
-			if (next != 0 && next != 60 && next != 44)
-				break;
-			__u8 header[4] = {};
-			if (bpf_skb_load_bytes(skb, offset, header, 4))
-				return 0;
-			if (next == 44 && ((header[2] << 8 | header[3]) & 0xfff8))
-				return 0;
-			offset += next == 44 ? 8 : ((__u32)header[1] + 1) * 8;
-			next = header[0];
-		}
-	} else {
+	} else if (skb->protocol != bpf_htons(0x86dd /* ETH_P_IPV6 */) ||
+		   ipv6_headers(skb, &next, &offset) != 0) {
 		return 0;
 	}
 	if (next != 6 && next != 17 && next != 136)
