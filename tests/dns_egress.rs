@@ -43,7 +43,9 @@ fn zone() -> Zone {
     names.insert("big.svc.test", vec![Record::A("198.18.1.5", 300)]);
     names.insert("removed.test", vec![Record::A("198.18.1.6", 300)]);
     names.insert("keep.test", vec![Record::A("198.18.1.7", 300)]);
+    names.insert("slow.svc.test", vec![Record::A("198.18.1.8", 300)]);
     zone.tcp_only.push("big.svc.test");
+    zone.slow.push("slow.svc.test");
     zone
 }
 
@@ -71,19 +73,22 @@ fn parse_steps(stdout: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The helper with `steps`, to run confined by `daemon` inside `netns`.
-fn confined_command(netns: &NetNs, daemon: &Daemon, steps: &[&str]) -> Command {
-    let mut command = Command::new("nsenter");
+/// `argv`, to run confined by `daemon` (`exec` through it) inside `netns`.
+fn confined(netns: &NetNs, daemon: &Daemon, argv: &[&str]) -> Command {
+    let mut command = netns.command(env!("CARGO_BIN_EXE_aa-policyd"));
     command
-        .arg(format!("--net={}", netns.path.display()))
-        .arg(env!("CARGO_BIN_EXE_aa-policyd"))
         .arg("exec")
         .arg("--socket")
         .arg(&daemon.socket)
         .arg("--")
-        .arg("python3")
-        .arg(helper())
-        .args(steps);
+        .args(argv);
+    command
+}
+
+/// The helper with `steps`, to run confined by `daemon` inside `netns`.
+fn confined_command(netns: &NetNs, daemon: &Daemon, steps: &[&str]) -> Command {
+    let mut command = confined(netns, daemon, &["python3", &helper()]);
+    command.args(steps);
     command
 }
 
@@ -131,12 +136,26 @@ fn start_daemon(name: &str, netns: &NetNs, hosts: &[&str], min_ttl: &str) -> Opt
     let upstream = format!("{UPSTREAM}:53");
     let launcher = netns.nsenter();
     let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
+    start_daemon_through(
+        name,
+        hosts,
+        &["--dns-upstream", &upstream, "--dns-min-ttl", min_ttl],
+        &launcher,
+    )
+}
+
+fn start_daemon_through(
+    name: &str,
+    hosts: &[&str],
+    args: &[&str],
+    launcher: &[&str],
+) -> Option<Daemon> {
     let policy = policy_with_hosts(hosts);
     Daemon::start_through(
         name,
         |etc| std::fs::write(etc.join("policy.yaml"), &policy).expect("write policy"),
-        &["--dns-upstream", &upstream, "--dns-min-ttl", min_ttl],
-        &launcher,
+        args,
+        launcher,
     )
 }
 
@@ -251,12 +270,7 @@ fn allowed_names_resolve_and_connect_and_nothing_else_does() {
 
     // getent (glibc's NSS path, gethostbyname2 etc.).
     let getent = |name: &str| {
-        Command::new("nsenter")
-            .arg(format!("--net={}", netns.path.display()))
-            .arg(env!("CARGO_BIN_EXE_aa-policyd"))
-            .args(["exec", "--socket"])
-            .arg(&daemon.socket)
-            .args(["--", "getent", "ahostsv4", name])
+        confined(&netns, &daemon, &["getent", "ahostsv4", name])
             .output()
             .expect("getent")
     };
@@ -542,6 +556,73 @@ fn one_host_rule_cannot_fill_the_learned_maps_for_the_others() {
 }
 
 #[test]
+fn one_client_socket_cannot_take_every_query_slot() {
+    if !support::kernel_available("dns_slots") {
+        return;
+    }
+    let netns = NetNs::create("dnsslots", zone());
+    let Some(daemon) = start_daemon("dns_slots", &netns, &["*.svc.test"], "30") else {
+        return;
+    };
+    // 40 queries the upstream holds for a second, from one socket: 16 are
+    // taken, the rest dropped; another socket's query meanwhile is answered
+    // at once, before any of them.
+    let steps = confined_steps(
+        &netns,
+        &daemon,
+        &[&format!("flood:{UPSTREAM}:slow.svc.test:40:api.svc.test")],
+    );
+    let context = format!("{steps:#?}\n{}", daemon.log());
+    assert_eq!(steps[0]["answered"], 16, "{context}");
+    assert_eq!(steps[0]["other_rcode"], 0, "{context}");
+    assert_eq!(steps[0]["other_first"], true, "{context}");
+}
+
+#[test]
+fn without_an_upstream_the_resolver_follows_resolv_conf_as_it_changes() {
+    if !support::kernel_available("dns_resolv_conf") {
+        return;
+    }
+    let netns = NetNs::create("dnsresolv", zone());
+    // The daemon sees a resolv.conf of the test's own (bound over
+    // /etc/resolv.conf in a mount namespace of its own), naming a server
+    // that does not exist.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let resolv_conf = dir.path().join("resolv.conf");
+    std::fs::write(&resolv_conf, "nameserver 198.18.0.99\n").expect("write resolv.conf");
+    let net = format!("--net={}", netns.path.display());
+    let bind = format!("mount --bind \"$0\" /etc/resolv.conf && exec nsenter {net} \"$@\"");
+    let resolv_conf_arg = resolv_conf.display().to_string();
+    let launcher = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &bind,
+        &resolv_conf_arg,
+    ];
+    let Some(daemon) = start_daemon_through("dns_resolv_conf", &["*.svc.test"], &[], &launcher)
+    else {
+        return;
+    };
+    let query = format!("raw:{UPSTREAM}:api.svc.test");
+    let steps = confined_steps(&netns, &daemon, &[&query]);
+    assert_eq!(
+        steps[0]["rcode"],
+        2,
+        "SERVFAIL: {steps:?}\n{}",
+        daemon.log()
+    );
+    // Rewritten in place, as a network manager would.
+    std::fs::write(&resolv_conf, format!("nameserver {UPSTREAM}\n")).expect("rewrite");
+    let steps = confined_steps(&netns, &daemon, &[&query]);
+    assert_eq!(steps[0]["rcode"], 0, "{steps:?}\n{}", daemon.log());
+    assert_eq!(steps[0]["answers"], 1, "{steps:?}");
+}
+
+#[test]
 fn standalone_exec_runs_its_own_resolver() {
     if !support::kernel_available("dns_standalone") {
         return;
@@ -551,9 +632,8 @@ fn standalone_exec_runs_its_own_resolver() {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, policy_with_hosts(&["api.svc.test"])).expect("write policy");
     let pin_dir = unique_pin_dir("dns_standalone");
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", netns.path.display()))
-        .arg(env!("CARGO_BIN_EXE_aa-policyd"))
+    let out = netns
+        .command(env!("CARGO_BIN_EXE_aa-policyd"))
         .arg("exec")
         .arg("--policy")
         .arg(&policy)

@@ -17,15 +17,24 @@ line.
   udpsend:NAME          sends an A query on that connected socket (no
                         address: no connect or sendmsg hook sees it):
                         {"rcode": N} or {"errno": N}
+  flood:SERVER:NAME:N:OTHER
+                        sends N A queries for NAME on one UDP socket to
+                        SERVER:53 without waiting, then one for OTHER on
+                        another socket, then reads replies for 4 s:
+                        {"answered": n, "other_rcode": N,
+                        "other_first": whether OTHER's reply came before
+                        any of the N}
   wait                  reads one line from stdin (the test's go-ahead)
   sleep:SECONDS
 """
 
 import json
 import os
+import select
 import socket
 import struct
 import sys
+import time
 
 PORT = 8080
 
@@ -114,6 +123,26 @@ def hold(server, count):
     return {"held": opened}
 
 
+def flood(server, name, count, other):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(count):
+        sock.sendto(a_query(name)[1], (server, 53))
+    other_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other_sock.sendto(a_query(other)[1], (server, 53))
+    answered, other_rcode, other_first = 0, None, None
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([sock, other_sock], [], [], max(0, deadline - time.monotonic()))
+        for ready_sock in ready:
+            reply = ready_sock.recv(4096)
+            if ready_sock is other_sock:
+                other_rcode = struct.unpack(">H", reply[2:4])[0] & 0xF
+                other_first = answered == 0
+            else:
+                answered += 1
+    return {"answered": answered, "other_rcode": other_rcode, "other_first": other_first}
+
+
 def main():
     for step in sys.argv[1:]:
         kind, _, rest = step.partition(":")
@@ -145,12 +174,13 @@ def main():
             result = {"connected": rest}
         elif kind == "udpsend":
             result = udp_send(rest)
+        elif kind == "flood":
+            server, name, count, other = rest.split(":")
+            result = flood(server, name, int(count), other)
         elif kind == "wait":
             sys.stdin.readline()
             result = {"waited": True}
         elif kind == "sleep":
-            import time
-
             time.sleep(float(rest))
             result = {"slept": float(rest)}
         else:

@@ -42,12 +42,17 @@ pub enum Record {
 }
 
 /// The fake zone: name → records; `tcp_only` names answer over UDP with an
-/// empty truncated message (which sends the client to TCP).
+/// empty truncated message (which sends the client to TCP); `slow` names
+/// are answered over UDP after `SLOW_ANSWER` (queries that stay in flight).
 #[derive(Clone, Debug, Default)]
 pub struct Zone {
     pub names: BTreeMap<&'static str, Vec<Record>>,
     pub tcp_only: Vec<&'static str>,
+    pub slow: Vec<&'static str>,
 }
+
+/// How long a `slow` name's answer takes (under the resolver's 2 s).
+pub const SLOW_ANSWER: Duration = Duration::from_secs(1);
 
 impl Zone {
     /// Every address the zone answers with that gets a listener (and a
@@ -191,6 +196,15 @@ impl NetNs {
         vec!["nsenter".into(), format!("--net={}", self.path.display())]
     }
 
+    /// `program` to be run in the namespace (through `nsenter`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", self.path.display()))
+            .arg(program);
+        command
+    }
+
     /// Queries the fake upstream saw for `name`.
     pub fn queries_for(&self, name: &str) -> Vec<String> {
         let prefix = format!("{name}/");
@@ -222,8 +236,25 @@ fn serve_udp(socket: &UdpSocket, zone: &Zone, queries: &QueryLog, stop: &AtomicB
         let Ok((len, client)) = socket.recv_from(&mut buffer) else {
             continue;
         };
-        if let Some(reply) = answer(&buffer[..len], zone, queries, false) {
-            let _ = socket.send_to(&reply, client);
+        let Some(reply) = answer(&buffer[..len], zone, queries, false) else {
+            continue;
+        };
+        let slow = Packet::parse(&buffer[..len]).ok().is_some_and(|query| {
+            query.questions.first().is_some_and(|question| {
+                let name = question.qname.to_string().to_ascii_lowercase();
+                zone.slow.contains(&name.as_str())
+            })
+        });
+        match socket.try_clone() {
+            Ok(socket) if slow => {
+                std::thread::spawn(move || {
+                    std::thread::sleep(SLOW_ANSWER);
+                    let _ = socket.send_to(&reply, client);
+                });
+            }
+            _ => {
+                let _ = socket.send_to(&reply, client);
+            }
         }
     }
 }
