@@ -1,8 +1,10 @@
 /* Egress allowlist: refuse (EPERM) a confined task's connect/sendmsg to a
  * destination the active generation does not allow; everyone else passes.
  * Under an allowlist, also refuse what the allowlist cannot judge: raw and
- * ICMP (ping) sockets and transport protocols other than TCP, UDP,
- * UDP-Lite and MPTCP (socket creation), IPv4 options and IPv6 routing
+ * ICMP (ping) sockets and transport protocols other than TCP, UDP and
+ * UDP-Lite (socket creation; MPTCP too: the kernel opens its further
+ * subflows itself, from a worker no hook counts as confined, to whatever
+ * address the peer announces), IPv4 options and IPv6 routing
  * headers set with setsockopt, and outgoing packets of a confined task's
  * socket that carry either (set through ancillary data).
  *
@@ -373,8 +375,7 @@ int egress_socket(struct bpf_sock *sk)
 		reason = AA_NET_RAW_SOCKET;
 	else if (protocol == 1 /* ICMP */ || protocol == 58 /* ICMPV6 */)
 		reason = AA_NET_PING_SOCKET;
-	else if (protocol != 6 /* TCP */ && protocol != 17 /* UDP */ && protocol != 136 /* UDP-Lite */ &&
-		 protocol != 262 /* MPTCP */)
+	else if (protocol != 6 /* TCP */ && protocol != 17 /* UDP */ && protocol != 136 /* UDP-Lite */)
 		reason = AA_NET_PROTOCOL;
 	if (!reason)
 		return 1;

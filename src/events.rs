@@ -442,7 +442,7 @@ impl fmt::Display for NetDenial {
             NetDenial::PingSocket { .. } => write!(f, "ICMP (ping) socket"),
             NetDenial::Protocol { protocol } => write!(
                 f,
-                "transport protocol {protocol} (only TCP, UDP, UDP-Lite and MPTCP)"
+                "transport protocol {protocol} (only TCP, UDP and UDP-Lite)"
             ),
             NetDenial::RoutingOption { level: 0, .. } => {
                 write!(f, "IPv4 options (source routing) set with setsockopt")

@@ -135,7 +135,7 @@ pub fn enforced_defaults(rules: &RuleSet, arch: Arch) -> Vec<String> {
         defaults.push("DNS of confined processes (port 53, UDP and TCP, to any server) is answered by the daemon's resolver, which refuses names the allowlist does not name".to_owned());
     }
     if rules.egress.mode.restricts() {
-        defaults.push("under the egress allowlist, also refused because the allowlist cannot judge them: socket families other than unix, inet, inet6 and netlink (packet, vsock, ...); raw and ICMP (ping) sockets; transport protocols other than TCP, UDP, UDP-Lite and MPTCP; IPv4 options (source routing) and IPv6 routing headers, by setsockopt or ancillary data".to_owned());
+        defaults.push("under the egress allowlist, also refused because the allowlist cannot judge them: socket families other than unix, inet, inet6 and netlink (packet, vsock, ...); raw and ICMP (ping) sockets; transport protocols other than TCP, UDP and UDP-Lite (MPTCP too: the kernel opens its further subflows to addresses the peer announces, unchecked); IPv4 options (source routing) and IPv6 routing headers, by setsockopt or ancillary data".to_owned());
     }
     defaults
 }

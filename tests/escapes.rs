@@ -279,6 +279,8 @@ def tcp():
     s.settimeout(1)
     s.connect_ex(("127.0.0.1", port))
 attempt("tcp", tcp)
+# MPTCP: later subflows are opened by the kernel, unchecked.
+attempt("mptcp", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262))
 "#;
 
 #[test]
@@ -320,6 +322,7 @@ fn egress_around_the_cgroup_hooks_is_refused() {
         "ip_options",
         "retopts_cmsg",
         "rthdr",
+        "mptcp",
     ] {
         assert!(
             unconfined.contains(&(label.to_owned(), "OK".to_owned())),
@@ -342,7 +345,7 @@ fn egress_around_the_cgroup_hooks_is_refused() {
             (label.clone(), confined.to_owned())
         })
         .collect();
-    assert_eq!(expected.len(), 10, "every attempt ran: {unconfined:?}");
+    assert_eq!(expected.len(), 11, "every attempt ran: {unconfined:?}");
     assert_eq!(results(&out.stdout), expected, "stderr:\n{}", out.stderr);
 
     // Families the cgroup hooks never see: the process dies at socket().
